@@ -1,0 +1,1 @@
+"""spanqa's batch evaluation (``spanqa eval``) and benchmark scripts."""

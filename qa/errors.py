@@ -1,0 +1,19 @@
+"""Errors of the question-answering layer; the index layer's errors are re-exported so users
+import every error from one place (``from qa.errors import SpanQAError``)."""
+
+from index.errors import (  # noqa: F401  (re-exported)
+    CorruptStoreError,
+    DocumentError,
+    IncompatibleStoreError,
+    ModelNotFoundError,
+    SpanQAError,
+    StoreNotFoundError,
+)
+
+
+class EmptyQuestionError(SpanQAError, ValueError):
+    """The question is empty or only whitespace."""
+
+
+class QuestionTooLongError(SpanQAError, ValueError):
+    """The question does not fit the reader's window with room for a passage."""

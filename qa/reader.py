@@ -1,0 +1,220 @@
+"""The extractive reader: (question, passages) → ranked answer spans copied from the passages.
+
+Any ``AutoModelForQuestionAnswering`` checkpoint works: a local folder, or a hub id for users
+who are online. transformers 5 has no question-answering pipeline, so preprocessing
+(:mod:`qa.features`) and span decoding (:mod:`qa.decoding`) are ours. A model folder may hold
+``spanqa_reader.json`` with its window sizes, calibration and abstention threshold (written by
+``spanqa train-reader``); without it, the defaults below apply.
+
+Like a Haystack component, ``__init__`` only stores configuration; ``warm_up()`` loads the model
+(once; ``predict`` calls it if needed) and ``to_dict()`` describes the component.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qa.calibration import Calibration
+from qa.decoding import decode_windows, drop_overlaps, min_null_logit
+from qa.errors import ModelNotFoundError
+from qa.features import build_windows
+
+DEFAULT_READER_DIR = Path(__file__).resolve().parent / "models" / "reader"
+READER_CONFIG_FILE = "spanqa_reader.json"
+
+
+@dataclass
+class ReaderConfig:
+    """Everything that shapes decoding; stored as JSON next to the weights."""
+
+    max_seq_len: int = 256
+    doc_stride: int = 96
+    max_answer_len: int = 30  # tokens
+    top_n_per_window: int = 10
+    batch_size: int = 32  # windows per forward pass
+    calibration: Calibration = field(default_factory=Calibration)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["calibration"] = self.calibration.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ReaderConfig":
+        d = dict(d)
+        cal = Calibration.from_dict(d.pop("calibration", {}) or {})
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(calibration=cal, **known)
+
+
+@dataclass
+class ReaderSpan:
+    """One answer span found by the reader, in the coordinates of the passage it came from."""
+
+    passage: int  # index into the passages handed to the reader
+    text: str
+    char_start: int  # end exclusive
+    char_end: int
+    score: float  # calibrated confidence in [0, 1]
+    logit: float  # raw start+end logit
+    null_logit: float  # the window's no-answer logit
+
+
+@dataclass
+class ReaderResult:
+    """The reader's verdict for one question: ranked spans and whether to abstain."""
+
+    spans: list[ReaderSpan]
+    abstained: bool
+    no_answer_score: float  # 1 - best span's confidence (0 < x < 1); 1.0 with no span at all
+
+
+def resolve_model_path(model: str | Path | None) -> str:
+    """The default reader, an existing local folder, or a hub-id-looking string."""
+    if model is None or str(model) == "default":
+        if not (DEFAULT_READER_DIR / "config.json").exists():
+            raise ModelNotFoundError(
+                f"The bundled reader is missing from {DEFAULT_READER_DIR}; reinstall spanqa "
+                "or pass --reader PATH."
+            )
+        return str(DEFAULT_READER_DIR)
+    p = Path(model).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelNotFoundError(f"{p} is not a model folder (it has no config.json).")
+        return str(p)
+    s = str(model)
+    if s.startswith((".", "/", "~")) or s.count("/") > 1 or not s.strip():
+        raise ModelNotFoundError(f"No model folder at {s}.")
+    return s  # a hub id; loading it needs a network
+
+
+class ExtractiveReader:
+    """Reads passages and returns answer spans with calibrated confidences."""
+
+    def __init__(self, model: str | Path | None = "default", device: str = "cpu",
+                 config: ReaderConfig | None = None, **overrides):
+        self.model_name = str(model) if model is not None else "default"
+        self.device = device
+        self._explicit_config = config
+        self._overrides = overrides
+        self.config: ReaderConfig | None = config
+        self.model = None
+        self.tokenizer = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_loaded(cls, model, tokenizer, config: ReaderConfig, device: str = "cpu"):
+        """Wrap an already loaded model (training evaluates through this, so the numbers it
+        logs come from the very decoding users get)."""
+        r = cls(model="<in memory>", device=device, config=config)
+        r.model, r.tokenizer = model, tokenizer
+        return r
+
+    def to_dict(self) -> dict:
+        return {"type": "ExtractiveReader", "model": self.model_name, "device": self.device,
+                "config": self.config.to_dict() if self.config else None}
+
+    def warm_up(self) -> None:
+        """Load tokenizer, weights and ``spanqa_reader.json``; a no-op once loaded."""
+        if self.model is not None:
+            return
+        with self._lock:
+            if self.model is not None:
+                return
+            import torch
+            from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+            path = resolve_model_path(None if self.model_name == "default" else self.model_name)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                model = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch.float32)
+            except (OSError, ValueError) as exc:
+                raise ModelNotFoundError(
+                    f"Could not load a question-answering model from {self.model_name!r}: "
+                    f"{str(exc).splitlines()[0]}"
+                ) from None
+            if not getattr(tokenizer, "is_fast", False):
+                raise ModelNotFoundError(
+                    f"{self.model_name!r} has no fast tokenizer; character offsets need one."
+                )
+            cfg_file = Path(path) / READER_CONFIG_FILE
+            if self._explicit_config is None:
+                cfg = ReaderConfig()
+                if cfg_file.is_file():
+                    cfg = ReaderConfig.from_dict(json.loads(cfg_file.read_text()))
+                for k, v in self._overrides.items():
+                    if v is not None:
+                        setattr(cfg, k, v)
+                self.config = cfg
+            model.to(self.device).eval()
+            self.tokenizer, self.model = tokenizer, model
+
+    def _logits(self, windows) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        bs = self.config.batch_size
+        starts, ends = [], []
+        inputs = windows.model_inputs()
+        with torch.inference_mode():
+            for i in range(0, len(windows), bs):
+                mask = inputs["attention_mask"][i:i + bs]
+                width = int(mask.sum(1).max())
+                batch = {k: torch.from_numpy(v[i:i + bs, :width]).to(self.device)
+                         for k, v in inputs.items()}
+                out = self.model(**batch)
+                s = out.start_logits.float().cpu().numpy()
+                e = out.end_logits.float().cpu().numpy()
+                pad = inputs["input_ids"].shape[1] - width
+                starts.append(np.pad(s, ((0, 0), (0, pad)), constant_values=-1e4))
+                ends.append(np.pad(e, ((0, 0), (0, pad)), constant_values=-1e4))
+        return np.concatenate(starts), np.concatenate(ends)
+
+    def predict(self, question: str, passages: list[str], top_k: int = 5,
+                threshold: float | None = None) -> ReaderResult:
+        """Answer one question from its passages (one batch through the model)."""
+        return self.predict_many([question], [passages], top_k, threshold)[0]
+
+    def predict_many(self, questions: list[str], passages: list[list[str]], top_k: int = 5,
+                     threshold: float | None = None) -> list[ReaderResult]:
+        """Answer many questions, each over its own passages, in as few forward passes as the
+        batch size allows. ``threshold`` overrides the configured abstention threshold."""
+        self.warm_up()
+        cfg = self.config
+        threshold = cfg.calibration.threshold if threshold is None else threshold
+        q_flat, p_flat, owner = [], [], []
+        for qi, (q, ps) in enumerate(zip(questions, passages)):
+            for pi, p in enumerate(ps):
+                q_flat.append(q)
+                p_flat.append(p)
+                owner.append((qi, pi))
+        results = [ReaderResult([], True, 1.0) for _ in questions]
+        if not q_flat:
+            return results
+        windows = build_windows(self.tokenizer, q_flat, p_flat, cfg.max_seq_len, cfg.doc_stride)
+        start, end = self._logits(windows)
+        cands = decode_windows(start, end, windows.offsets, windows.pair_index,
+                               cfg.max_answer_len, cfg.top_n_per_window)
+        nulls = min_null_logit(start, end, windows.pair_index)
+        per_q: dict[int, list[ReaderSpan]] = {}
+        for pair, cs in cands.items():
+            qi, pi = owner[pair]
+            text = p_flat[pair]
+            for c in cs:
+                per_q.setdefault(qi, []).append(ReaderSpan(
+                    passage=pi, text=text[c.char_start:c.char_end], char_start=c.char_start,
+                    char_end=c.char_end, score=cfg.calibration.confidence(c.logit, nulls[pair]),
+                    logit=c.logit, null_logit=nulls[pair]))
+        for qi, spans in per_q.items():
+            spans.sort(key=lambda s: (-s.score, -s.logit))
+            spans = [s for s in spans if s.text.strip()]
+            spans = drop_overlaps(spans, key=lambda s: (s.passage, s.char_start, s.char_end))
+            best = spans[0].score if spans else 0.0
+            results[qi] = ReaderResult(spans=spans[:top_k],
+                                       abstained=best < threshold,
+                                       no_answer_score=1.0 - best)
+        return results

@@ -1,0 +1,65 @@
+"""Reading SQuAD-format question sets (v1.1, and v2.0 with unanswerable questions)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qa.errors import SpanQAError
+
+
+@dataclass
+class SquadQuestion:
+    """One question with its paragraph; ``answers`` empty means unanswerable."""
+
+    id: str
+    question: str
+    context: str
+    title: str
+    paragraph: int  # index of the paragraph in its article
+    answers: list[tuple[str, int]] = field(default_factory=list)  # (text, char start)
+
+    @property
+    def is_impossible(self) -> bool:
+        return not self.answers
+
+    @property
+    def gold_texts(self) -> list[str]:
+        return [a for a, _ in self.answers]
+
+
+@dataclass
+class SquadArticle:
+    title: str
+    paragraphs: list[str]
+    questions: list[SquadQuestion]
+
+
+def load_squad(path: str | Path) -> list[SquadArticle]:
+    """Articles of a SQuAD json file, questions in file order. Raises ``SpanQAError`` with the
+    reason when the file is not SQuAD-shaped."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        data = raw["data"]
+    except FileNotFoundError:
+        raise SpanQAError(f"No question set at {path}.") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpanQAError(f"{path} is not a SQuAD json file ({exc}).") from None
+    articles = []
+    for a_i, art in enumerate(data):
+        title = str(art.get("title") or f"article-{a_i}")
+        paras, qs = [], []
+        for p_i, para in enumerate(art.get("paragraphs", [])):
+            ctx = para["context"]
+            paras.append(ctx)
+            for qa in para.get("qas", []):
+                answers = [] if qa.get("is_impossible") else [
+                    (a["text"], int(a["answer_start"])) for a in qa.get("answers", [])]
+                qs.append(SquadQuestion(str(qa["id"]), qa["question"], ctx, title, p_i, answers))
+        articles.append(SquadArticle(title, paras, qs))
+    return articles
+
+
+def questions_of(articles: list[SquadArticle]) -> list[SquadQuestion]:
+    return [q for a in articles for q in a.questions]

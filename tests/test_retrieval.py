@@ -1,0 +1,29 @@
+"""Retrieval finds a planted fact in a synthetic multi-page document."""
+from index.documents import load_bytes
+from index.store import DocumentStore
+from qa.retriever import Retriever
+from tests.conftest import make_pdf
+
+FILLER = [
+    "The committee reviewed quarterly budgets for regional libraries and parks.",
+    "Rainfall in the northern valley was slightly above the ten year average.",
+    "Local schools extended their afternoon music and sports programmes.",
+    "The bus network added two evening routes to the eastern suburbs.",
+    "A new bakery opened near the central market square last spring.",
+    "Volunteers repaired the footbridge over the river after the storm.",
+]
+FACT = "The lighthouse keeper, Marta Okonkwo, restored the brass lens in 1911."
+
+
+def test_planted_fact_is_retrieved_first_with_its_page(embedder):
+    pages = [" ".join(FILLER[(i + j) % len(FILLER)] for j in range(4)) for i in range(12)]
+    pages[8] = pages[8] + " " + FACT
+    doc = load_bytes(make_pdf(pages), "town.pdf")
+    store = DocumentStore(embedder, chunk_size=48, overlap=8)
+    store.add([doc])
+    assert len(store) >= 10
+    passages = Retriever(store, top_k=3).retrieve("Who restored the brass lens of the lighthouse?")
+    top = passages[0]
+    assert "Marta Okonkwo" in top.chunk.text and top.rank == 1
+    assert top.chunk.page == 9
+    assert passages[0].score >= passages[1].score >= passages[2].score

@@ -1,0 +1,1 @@
+"""spanqa's Gradio chat UI (``spanqa serve``)."""
