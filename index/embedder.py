@@ -35,7 +35,8 @@ class Embedder:
         self.batch_size = batch_size
         self.device = device
         self._model = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # loading
+        self._use_lock = threading.Lock()  # encoding
 
     def to_dict(self) -> dict:
         return {"type": "Embedder", "model": self.name, "batch_size": self.batch_size}
@@ -71,17 +72,34 @@ class Embedder:
             self._model.get_sentence_embedding_dimension
         return int(get())
 
-    def embed(self, texts: list[str], progress: bool | None = None) -> np.ndarray:
-        """``(len(texts), dimension)`` float32, unit length. A progress bar shows on large
-        inputs (over 256 texts) unless ``progress`` says otherwise."""
+    def embed(self, texts: list[str], progress: bool | None = None,
+              on_batch=None) -> np.ndarray:
+        """``(len(texts), dimension)`` float32, unit length.
+
+        A tqdm bar shows on large inputs (over 256 texts) unless ``progress`` says otherwise;
+        ``on_batch(done, total)`` is called after each batch (the UI's progress bar). The model
+        is used under a lock one batch at a time (fast tokenizers are not safe to share between
+        threads), so a long upload never holds up other users' questions for long.
+        """
         self.warm_up()
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         show = len(texts) > 256 if progress is None else progress
-        vecs = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=show)
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+        step = max(self.batch_size, 64)
+        out = []
+        from tqdm import tqdm
 
+        with tqdm(total=len(texts), desc="embedding", disable=not show, unit="chunk") as bar:
+            for i in range(0, len(texts), step):
+                with self._use_lock:
+                    vecs = self._model.encode(list(texts[i:i + step]), batch_size=self.batch_size,
+                                              normalize_embeddings=True, convert_to_numpy=True,
+                                              show_progress_bar=False)
+                out.append(np.asarray(vecs, dtype=np.float32))
+                bar.update(len(vecs))
+                if on_batch:
+                    on_batch(min(i + step, len(texts)), len(texts))
+        return np.ascontiguousarray(np.vstack(out), dtype=np.float32)
 
 _SHARED: dict[str, Embedder] = {}
 _SHARED_LOCK = threading.Lock()

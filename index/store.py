@@ -95,7 +95,8 @@ class DocumentStore:
         return {"type": "DocumentStore", "embedder": self.embedder.to_dict(),
                 "chunk_size": self.chunk_size, "overlap": self.overlap, "factory": self.factory}
 
-    def add(self, docs: list[Document], progress: bool | None = None) -> list[str]:
+    def add(self, docs: list[Document], progress: bool | None = None,
+            on_batch=None) -> list[str]:
         """Add documents; returns the ids that changed. A document already present with the
         same text is skipped; one present with other text is replaced."""
         changed, new_chunks = [], []
@@ -110,7 +111,8 @@ class DocumentStore:
                                              self.overlap))
             changed.append(doc.id)
         if new_chunks:
-            vecs = self.embedder.embed([c.text for c in new_chunks], progress=progress)
+            vecs = self.embedder.embed([c.text for c in new_chunks], progress=progress,
+                                       on_batch=on_batch)
             self.vectors = vecs if len(self.chunks) == 0 else np.vstack([self.vectors, vecs])
             self.chunks.extend(new_chunks)
         if changed:

@@ -105,7 +105,8 @@ class ExtractiveReader:
         self.config: ReaderConfig | None = config
         self.model = None
         self.tokenizer = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # loading
+        self._use_lock = threading.Lock()  # tokenising + model: one request at a time
 
     @classmethod
     def from_loaded(cls, model, tokenizer, config: ReaderConfig, device: str = "cpu"):
@@ -195,8 +196,9 @@ class ExtractiveReader:
         results = [ReaderResult([], True, 1.0) for _ in questions]
         if not q_flat:
             return results
-        windows = build_windows(self.tokenizer, q_flat, p_flat, cfg.max_seq_len, cfg.doc_stride)
-        start, end = self._logits(windows)
+        with self._use_lock:
+            windows = build_windows(self.tokenizer, q_flat, p_flat, cfg.max_seq_len, cfg.doc_stride)
+            start, end = self._logits(windows)
         cands = decode_windows(start, end, windows.offsets, windows.pair_index,
                                cfg.max_answer_len, cfg.top_n_per_window)
         nulls = min_null_logit(start, end, windows.pair_index)
