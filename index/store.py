@@ -86,6 +86,7 @@ class DocumentStore:
         self.chunks: list[Chunk] = []
         self.vectors = np.zeros((0, 0), dtype=np.float32)
         self._index = None
+        self.version = 0  # bumped on every change, so caches built on the chunks know to rebuild
 
     # ---- contents -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -117,6 +118,7 @@ class DocumentStore:
             self.chunks.extend(new_chunks)
         if changed:
             self._index = None
+            self.version += 1
         return changed
 
     def remove(self, doc_id: str) -> None:
@@ -125,6 +127,7 @@ class DocumentStore:
             raise KeyError(f"No document {doc_id!r} in this index.")
         self._drop(doc_id)
         self._index = None
+        self.version += 1
 
     def _drop(self, doc_id: str) -> None:
         keep = [i for i, c in enumerate(self.chunks) if c.doc_id != doc_id]

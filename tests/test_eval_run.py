@@ -1,0 +1,95 @@
+"""``spanqa eval`` end to end on small hand-made data: files, report with plots, compare."""
+import json
+
+import pytest
+
+from qa.cli import main
+
+DATA = {"version": "v2.0", "data": [
+    {"title": "Tower", "paragraphs": [
+        {"context": "The Eiffel Tower is in Paris. It was finished in 1889.",
+         "qas": [{"id": "q1", "question": "Where is the Eiffel Tower?",
+                  "answers": [{"text": "Paris", "answer_start": 23}]},
+                 {"id": "q2", "question": "When was it finished?",
+                  "answers": [{"text": "1889", "answer_start": 49}]}]},
+        {"context": "Its height is 330 metres.",
+         "qas": [{"id": "q3", "question": "Who painted it red?", "answers": [], "is_impossible": True}]}]},
+    {"title": "Mountain", "paragraphs": [
+        {"context": "Kilimanjaro is in Tanzania. Its summit is Uhuru Peak.",
+         "qas": [{"id": "q4", "question": "What is the summit called?",
+                  "answers": [{"text": "Uhuru Peak", "answer_start": 42}]}]}]}]}
+
+
+@pytest.fixture()
+def data(tmp_path):
+    p = tmp_path / "tiny.json"
+    p.write_text(json.dumps(DATA))
+    return p
+
+
+@pytest.mark.parametrize("extra", [[], ["--reader-only"], ["--scope", "corpus"]])
+def test_eval_writes_every_file(data, tmp_path, tiny_reader_dir, extra, capsys):
+    out = tmp_path / "run"
+    assert main(["eval", str(data), "--out", str(out), "--reader", str(tiny_reader_dir),
+                 "--latency-sample", "2", "--threshold", "0.3", *extra]) == 0
+    preds = json.loads((out / "predictions.json").read_text())
+    assert set(preds) == {"q1", "q2", "q3", "q4"}
+    rows = [json.loads(l) for l in (out / "per_question.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in rows} == set(preds)
+    for r in rows:
+        assert {"question", "golds", "prediction", "score", "em", "f1", "latency_ms"} <= set(r)
+        assert preds[r["id"]] == r["prediction"]
+        if "--reader-only" not in extra:
+            assert "gold_rank" in r and "retrieved" in r
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 4 and m["threshold"] == 0.3 and "peak_rss_mb" in m
+    report = (out / "report.md").read_text()
+    for png in ("threshold.png", "latency.png"):
+        assert (out / png).stat().st_size > 1000 and f"({png})" in report
+    if "--reader-only" not in extra:
+        assert "recall@1" in m and (out / "recall_at_k.png").exists()
+    assert "Most confident errors" in report
+
+
+def test_gold_passage_rank_is_found_for_a_known_layout(data, tmp_path, tiny_reader_dir):
+    from eval.runner import EvalConfig, evaluate
+
+    rows, _ = evaluate(EvalConfig(data=str(data), reader=str(tiny_reader_dir), passages=3,
+                                  threshold=0.0), progress=False)
+    by = {r["id"]: r for r in rows}
+    # one-paragraph article: its only chunk holds the answer, at rank 1
+    assert by["q4"]["gold_rank"] == 1
+    assert by["q3"]["golds"] == []
+
+
+def test_compare_prints_deltas_and_flips(data, tmp_path, tiny_reader_dir, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out, t in ((a, "0.0"), (b, "1.0")):
+        assert main(["eval", str(data), "--out", str(out), "--reader", str(tiny_reader_dir),
+                     "--latency-sample", "0", "--threshold", t]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "abstain_rate" in out and "delta" in out
+    rows_b = [json.loads(l) for l in (b / "per_question.jsonl").read_text().splitlines()]
+    assert all(r["prediction"] == "" for r in rows_b)  # threshold 1.0 abstains on everything
+
+
+def test_eval_refuses_a_non_squad_file(tmp_path, capsys):
+    p = tmp_path / "x.json"
+    p.write_text("[1, 2]")
+    assert main(["eval", str(p), "--out", str(tmp_path / "o")]) == 2
+    assert "not a SQuAD json" in capsys.readouterr().err
+
+
+def test_the_article_question_set_is_valid():
+    from pathlib import Path
+
+    from qa.squad import load_squad, questions_of
+
+    arts = load_squad(Path(__file__).resolve().parents[1] / "eval" / "questions" / "us_weapons_in_russia.json")
+    qs = questions_of(arts)
+    assert len(qs) >= 40 and sum(q.is_impossible for q in qs) >= 8
+    for q in qs:
+        for text, start in q.answers:
+            assert q.context[start:start + len(text)] == text
