@@ -62,6 +62,9 @@ def build_faiss(vectors: np.ndarray, factory: str):
         index.train(vectors)
     if len(vectors):
         index.add(vectors)
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if hnsw is not None:
+        hnsw.efSearch = max(hnsw.efSearch, 64)  # faiss's default of 16 trades too much recall
     return index
 
 
