@@ -20,7 +20,6 @@ class SpanCandidate:
     char_start: int  # character span in the passage, end exclusive
     char_end: int
     logit: float  # start_logit + end_logit
-    null_logit: float  # the window's start+end logit at the no-answer ([CLS]) position
 
 
 def window_spans(
@@ -67,11 +66,11 @@ def decode_windows(
     """Candidates of every pair, best first, merged over that pair's windows.
 
     The same character span seen in two overlapping windows is kept once, with its best
-    score. Each pair's list is sorted by ``logit``.
+    score. Each pair's list is sorted by ``logit``; the pair's no-answer logit comes from
+    :func:`min_null_logit`.
     """
     per_pair: dict[int, dict[tuple[int, int], SpanCandidate]] = {}
     for w, pair in enumerate(pair_index):
-        null = float(start_logits[w][0] + end_logits[w][0])
         best = per_pair.setdefault(pair, {})
         for st, en, logit in window_spans(
             start_logits[w], end_logits[w], offsets[w], max_answer_len, top_n
@@ -79,7 +78,7 @@ def decode_windows(
             cs, ce = offsets[w][st][0], offsets[w][en][1]
             old = best.get((cs, ce))
             if old is None or logit > old.logit:
-                best[(cs, ce)] = SpanCandidate(pair, cs, ce, logit, null)
+                best[(cs, ce)] = SpanCandidate(pair, cs, ce, logit)
     return {
         pair: sorted(c.values(), key=lambda c: -c.logit) for pair, c in per_pair.items()
     }

@@ -1,0 +1,70 @@
+"""How much the chat server holds: concurrent gradio_client users against ``spanqa serve``.
+
+    python -m eval.bench_serve [--users 1 4 16] [--questions 10] [--concurrency 2]
+
+Starts the app in-process on a free 127.0.0.1 port over the bundled article, then for each
+user count runs that many clients at once, each asking ``--questions`` questions in turn
+through the named ``/ask`` endpoint. Prints throughput and per-question latency as users
+see it (queueing included). Loopback only; bounded in count.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from eval.bench_ask import QUESTIONS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--questions", type=int, default=10)
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--reader", default=None)
+    args = ap.parse_args()
+
+    from gradio_client import Client
+
+    from qa import DocumentQA
+    from qa.squad import load_squad, questions_of
+    from ui.app import create_app
+
+    qs = [q.question for q in questions_of(load_squad(QUESTIONS))]
+    qa = DocumentQA.default(reader=args.reader)
+    qa.warm_up()
+    demo = create_app(qa)
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=256)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+
+    def user(u: int) -> list[float]:
+        c = Client(url, verbose=False)
+        out = []
+        for i in range(args.questions):
+            t = time.perf_counter()
+            c.predict(qs[(u * 7 + i) % len(qs)], 3, 0.5, api_name="/ask")
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    print(f"{'users':>6} {'questions':>10} {'q/s':>6} {'p50 ms':>8} {'p95 ms':>8}")
+    try:
+        for n in args.users:
+            t = time.perf_counter()
+            with ThreadPoolExecutor(n) as ex:
+                lat = [x for r in ex.map(user, range(n)) for x in r]
+            wall = time.perf_counter() - t
+            print(f"{n:>6} {len(lat):>10} {len(lat) / wall:>6.1f} {np.percentile(lat, 50):>8.0f} "
+                  f"{np.percentile(lat, 95):>8.0f}")
+    finally:
+        demo.close()
+
+
+if __name__ == "__main__":
+    main()
