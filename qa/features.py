@@ -49,7 +49,6 @@ def build_windows(
     passages: list[str],
     max_seq_len: int = 384,
     doc_stride: int = 128,
-    pad_to: int | None = None,
 ) -> Windows:
     """Tokenise pairs into stride windows with passage-only character offsets.
 
@@ -61,13 +60,13 @@ def build_windows(
         raise ValueError("questions and passages must have the same length")
     n_special = tokenizer.num_special_tokens_to_add(pair=True)
     budget = max_seq_len - n_special
+    limit = min(budget * 3 // 4, budget - doc_stride - 1)
     for q in set(questions):
         q_len = question_length(tokenizer, q)
-        if q_len > budget * 3 // 4 or budget - q_len <= doc_stride:
+        if q_len > limit:
             raise QuestionTooLongError(
                 f"The question is {q_len} tokens long; this reader reads windows of {max_seq_len} "
-                f"tokens, so questions must stay under {min(budget * 3 // 4, budget - doc_stride - 1)} tokens."
-            )
+                f"tokens, so a question may have at most {limit}.")
     qs = [q.lstrip() for q in questions]
     enc = tokenizer(
         qs,
@@ -77,11 +76,9 @@ def build_windows(
         stride=doc_stride,
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
-        padding="max_length" if pad_to else "longest",
+        padding="longest",
         return_tensors="np",
     )
-    if pad_to and enc["input_ids"].shape[1] != pad_to:
-        raise ValueError("pad_to must equal max_seq_len")
     pair_index = [int(i) for i in enc["overflow_to_sample_mapping"]]
     offsets: list[list[tuple[int, int] | None]] = []
     for w in range(len(pair_index)):
