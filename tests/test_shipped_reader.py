@@ -13,10 +13,10 @@ ANSWERABLE = [
     ("Which US president gave Ukraine permission to strike inside Russia with American arms?",
      ["Joe Biden", "President Joe Biden", "Biden"]),
     ("Who leads NATO as its Secretary General?", ["Jens Stoltenberg"]),
-    ("Who speaks for the Kremlin?", ["Dmitry Peskov"]),
+    ("Which Kremlin spokesperson accused the US of escalating tensions?", ["Dmitry Peskov"]),
     ("What did Putin threaten as a possible response?", ["potential nuclear retaliation", "nuclear retaliation"]),
     ("Which European country is weighing more training for Ukrainian troops?", ["France"]),
-    ("Which city's surroundings are the strikes limited to?", ["Kharkiv", "the Kharkiv region"]),
+    ("Which region is the US authorization limited to?", ["Kharkiv", "the Kharkiv region"]),
 ]
 UNANSWERABLE = [
     "What is the name of the ship that sank in the Black Sea last week?",
