@@ -38,7 +38,8 @@ def summarize(rows: list[dict], seconds: float | None = None) -> dict:
     }
     ranked = [r for r in has if "gold_rank" in r and r.get("retrieved")]
     if ranked:
-        for k in RECALL_KS:
+        depth = max(len(r["retrieved"]) for r in ranked)  # recall@k beyond it is not measured
+        for k in [k for k in RECALL_KS if k <= depth] or [depth]:
             m[f"recall@{k}"] = 100 * _mean(r["gold_rank"] is not None and r["gold_rank"] <= k for r in ranked)
         m["mrr"] = _mean(1.0 / r["gold_rank"] if r["gold_rank"] else 0.0 for r in ranked)
     lat = [r["latency_ms"] for r in rows if r.get("latency_ms") is not None]

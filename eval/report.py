@@ -104,7 +104,7 @@ def write_report(out: Path, rows: list[dict], metrics: dict, config: dict, worst
              f"Reader `{config.get('reader') or 'default'}`, scope `{config['scope']}`"
              + (", reader only (gold paragraph)" if config.get("reader_only") else
                 f", {config['passages']} passages per question")
-             + f", threshold {_fmt(metrics.get('threshold'))}.", "",
+             + f", abstention threshold {metrics.get('threshold', 0):.2f}.", "",
              "| metric | value |", "|---|---|"]
     for k in keys:
         if k in metrics and metrics[k] is not None:

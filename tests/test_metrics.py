@@ -29,7 +29,7 @@ def _row(golds, pred, best, conf, rank=None, lat=10.0):
     em, f1 = score(pred, golds)
     return {"id": str(id(golds)) + pred, "golds": golds, "prediction": pred, "best_text": best,
             "best_score": conf, "em": em, "f1": f1, "latency_ms": lat, "gold_rank": rank,
-            "retrieved": ["c"] if rank is not False else []}
+            "retrieved": ["c1", "c2", "c3"]}
 
 
 def test_summary_splits_abstention_and_retrieval():
@@ -49,6 +49,7 @@ def test_summary_splits_abstention_and_retrieval():
     assert m["abstain_precision"] == pytest.approx(50.0)  # 2 abstentions, 1 on an unanswerable
     assert m["abstain_recall"] == pytest.approx(50.0)  # 1 of 2 unanswerables
     assert m["recall@1"] == pytest.approx(100 / 3) and m["recall@3"] == pytest.approx(200 / 3)
+    assert "recall@5" not in m  # only 3 passages were retrieved
     assert m["mrr"] == pytest.approx((1 + 1 / 3 + 0) / 3)
     assert m["latency_ms"]["p50"] == 30 and m["questions_per_second"] == 2.5
 
