@@ -79,3 +79,13 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     r = run_cli("ask", "--index", str(tmp_path / "nope"), "question?")
     assert r.returncode == 2
     assert r.stderr.strip() == f"spanqa: error: No index at {tmp_path / 'nope'}."
+
+
+def test_ask_json_with_the_shipped_reader_on_the_default_article():
+    r = run_cli("ask", "--json", "Who is the NATO Secretary General?")
+    assert r.returncode == 0, r.stderr
+    a = json.loads(r.stdout)
+    assert a["text"] == "Jens Stoltenberg" and not a["abstained"]
+    doc = DEFAULT_DOCUMENT.read_text(encoding="utf-8")
+    assert doc[a["start"]:a["end"]] == a["text"]
+    assert {"score", "passage_text", "passage_start", "passage_end", "candidates", "passages"} <= set(a)
