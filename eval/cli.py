@@ -2,7 +2,6 @@
 ``spanqa.commands`` entry point, so ``qa`` never imports ``eval``)."""
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path

@@ -1,7 +1,7 @@
 """Errors of the question-answering layer; the index layer's errors are re-exported so users
 import every error from one place (``from qa.errors import SpanQAError``)."""
 
-from index.errors import (  # noqa: F401  (re-exported)
+from index.errors import (
     CorruptStoreError,
     DocumentError,
     IncompatibleStoreError,
@@ -17,3 +17,8 @@ class EmptyQuestionError(SpanQAError, ValueError):
 
 class QuestionTooLongError(SpanQAError, ValueError):
     """The question does not fit the reader's window with room for a passage."""
+
+
+__all__ = ["SpanQAError", "DocumentError", "StoreNotFoundError", "CorruptStoreError",
+           "IncompatibleStoreError", "ModelNotFoundError", "EmptyQuestionError",
+           "QuestionTooLongError"]

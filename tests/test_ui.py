@@ -1,6 +1,5 @@
 """The chat page over a real server on a free localhost port, driven through gradio_client
 (the named API) and, when Debian's chromium is installed, a real browser (Playwright)."""
-import os
 import shutil
 import socket
 from pathlib import Path
