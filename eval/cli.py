@@ -38,15 +38,15 @@ def run(args) -> int:
         return 0
     if not args.data or not args.out:
         raise SpanQAError("spanqa eval needs DATA.json and --out DIR (or --compare RUN_A RUN_B).")
-    from eval.metrics import summarize
-    from eval.report import add_ece, write_report, write_run
+    from eval.metrics import ece, summarize
+    from eval.report import write_report, write_run
     from eval.runner import EvalConfig, evaluate, single_question_latency
 
     cfg = EvalConfig(data=args.data, reader=args.reader, scope=args.scope, passages=args.passages,
                      reader_only=args.reader_only, threshold=args.threshold, limit=args.limit)
     rows, facts = evaluate(cfg)
     metrics = summarize(rows, facts["seconds"])
-    add_ece(metrics, rows)
+    metrics["ece"] = ece(rows)
     metrics["threshold"] = (cfg.threshold if cfg.threshold is not None
                             else facts["reader_config"]["calibration"]["threshold"])
     metrics["peak_rss_mb"] = facts["peak_rss_mb"]

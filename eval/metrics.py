@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qa.calibration import expected_calibration_error
 from qa.metrics import score
 
 RECALL_KS = (1, 3, 5, 10)
@@ -82,6 +83,9 @@ def reliability(rows: list[dict], bins: int = 10) -> list[dict]:
 
 
 def ece(rows: list[dict], bins: int = 10) -> float | None:
-    rel = reliability(rows, bins)
-    n = sum(b["n"] for b in rel)
-    return sum(b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in rel) if n else None
+    """Expected calibration error of the best span's confidence, answerable questions."""
+    has = [r for r in rows if r["golds"] and r["best_text"]]
+    if not has:
+        return None
+    return expected_calibration_error([r["best_score"] for r in has],
+                                      [score(r["best_text"], r["golds"])[0] == 1.0 for r in has], bins)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.metrics import RECALL_KS, at_threshold, ece, reliability
+from eval.metrics import RECALL_KS, at_threshold, reliability
 
 
 def write_run(out: Path, rows: list[dict], metrics: dict, config: dict) -> None:
@@ -134,7 +134,3 @@ def write_report(out: Path, rows: list[dict], metrics: dict, config: dict, worst
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def add_ece(metrics: dict, rows: list[dict]) -> None:
-    metrics["ece"] = ece(rows)

@@ -49,9 +49,11 @@ class Embedder:
                 return
             from sentence_transformers import SentenceTransformer
 
-            path = default_embedder_path() if self.name == DEFAULT_EMBEDDER else self.name
-            if path != self.name or not Path(path).expanduser().exists():
-                if self.name != DEFAULT_EMBEDDER and self.name.startswith((".", "/", "~")):
+            if self.name == DEFAULT_EMBEDDER:
+                path = default_embedder_path()
+            else:
+                path = self.name
+                if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
                     raise ModelNotFoundError(f"No embedding model folder at {self.name}.")
             try:
                 self._model = SentenceTransformer(str(path), device=self.device)

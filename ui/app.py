@@ -12,13 +12,12 @@ JSON) and ``/upload`` (file → status); both act on the caller's session.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections import Counter
 
 import gradio as gr
 
-from index.documents import SUPPORTED_SUFFIXES, Document, load_bytes
+from index.documents import SUPPORTED_SUFFIXES, Document, load_file
 from index.store import DocumentStore
 from qa.errors import SpanQAError
 from qa.pipeline import DEFAULT_DOCUMENT, DocumentQA
@@ -74,23 +73,16 @@ def describe(qa: DocumentQA) -> str:
 
 
 def build_upload(path: str, base: DocumentQA, progress=None) -> DocumentQA:
-    """A new ``DocumentQA`` over one uploaded file, sharing ``base``'s models. Raises
+    """A new ``DocumentQA`` over one uploaded file, sharing ``base``'s models. Type, size
+    (checked before the file is read) and encoding are ``load_file``'s checks; raises
     ``SpanQAError`` with a message for the visitor when the file is refused."""
     if not path:
         raise SpanQAError("No file was received.")
-    name = os.path.basename(path)
-    if not name.lower().endswith(SUPPORTED_SUFFIXES):
-        raise SpanQAError(f"{name}: spanqa reads {', '.join(SUPPORTED_SUFFIXES)} files.")
-    size = os.path.getsize(path)
-    if size > MAX_UPLOAD_MB * 1024 * 1024:
-        raise SpanQAError(f"{name} is {size / 1e6:.1f} MB; the limit is {MAX_UPLOAD_MB} MB.")
-    with open(path, "rb") as f:
-        data = f.read()
     if progress:
         progress(0.05, desc="reading")
-    doc = load_bytes(data, name, source=f"upload:{name}", max_bytes=MAX_UPLOAD_MB * 1024 * 1024)
+    doc = load_file(path, max_bytes=MAX_UPLOAD_MB * 1024 * 1024)
     if len(doc.text) > MAX_TEXT_CHARS:
-        raise SpanQAError(f"{name} holds {len(doc.text):,} characters of text; the limit is "
+        raise SpanQAError(f"{doc.id} holds {len(doc.text):,} characters of text; the limit is "
                           f"{MAX_TEXT_CHARS:,}.")
     store = DocumentStore(base.store.embedder, base.store.chunk_size, base.store.overlap,
                           base.store.factory)
@@ -140,24 +132,32 @@ def create_app(base: DocumentQA, examples: list[str] | None = None) -> gr.Blocks
             history.append({"role": "assistant", "content": "⚠️ Something went wrong; please try again."})
         return history, ""
 
-    def on_upload(path, session, progress=gr.Progress()):
+    def load_upload(path, progress) -> tuple[DocumentQA, str]:
+        """The visitor's new DocumentQA and a status line; SpanQAError when refused."""
         try:
             qa = build_upload(path, base, progress)
-        except SpanQAError as exc:
-            return session, gr.update(), f"⚠️ Not loaded: {exc}", gr.update()
+        except SpanQAError:
+            raise
         except Exception:
             log.exception("upload failed")
-            return session, gr.update(), "⚠️ Not loaded: the file could not be read.", gr.update()
+            raise SpanQAError("the file could not be read.") from None
         doc = next(iter(qa.store.documents.values()))
-        return (qa, describe(qa), f"✅ Loaded **{doc.title}** ({len(qa.store)} passages). "
-                "Questions now go to this document.",
-                gr.update(samples=[[q] for q in suggest_questions(doc)]))
+        return qa, (f"✅ Loaded **{doc.title}** ({len(qa.store)} passages). "
+                    "Questions now go to this document.")
+
+    def on_upload(path, session, progress=gr.Progress()):
+        try:
+            qa, status = load_upload(path, progress)
+        except SpanQAError as exc:
+            return session, gr.update(), f"⚠️ Not loaded: {exc}", gr.update()
+        doc = next(iter(qa.store.documents.values()))
+        return qa, describe(qa), status, gr.update(samples=[[q] for q in suggest_questions(doc)])
 
     def upload_api(path, session, progress=gr.Progress()):
-        session, _info, status, _ex = on_upload(path, session, progress)
-        if status.startswith("⚠️"):
-            raise gr.Error(status.removeprefix("⚠️ "))
-        return session, status
+        try:
+            return load_upload(path, progress)
+        except SpanQAError as exc:
+            raise gr.Error(f"Not loaded: {exc}") from None
 
     def on_reset():
         return None, describe(base), "Back to the bundled document.", gr.update(samples=[[q] for q in base_examples]), []
