@@ -10,10 +10,13 @@ to the question, by the embedder):
 * wrong document: an answerable question read with the three most similar paragraphs of
   *another* article: it should abstain.
 
-Confidence is fitted by Platt scaling on the answerable questions (target: exact match), see
-:mod:`qa.calibration`. The threshold is the lowest one at which at least ``--wrong-doc-target``
+Confidence is the product of two Platt-scaled models (see :mod:`qa.calibration`): the
+chance the span is right (fitted on answerable questions, target exact match, from the
+reader's logits) and the chance the passages are about the question (answerable against
+wrong-document, from the logits and the question-passage similarity; ``--no-relevance``
+leaves it out). The threshold is the lowest one at which at least ``--wrong-doc-target``
 (default 95%) of the wrong-document questions are abstained on, so it costs as little F1 on
-answerable questions as that goal allows. Both are written into the model folder's
+answerable questions as that goal allows. All of it is written into the model folder's
 ``spanqa_reader.json``, with the figures, so the folder stays self-describing.
 """
 from __future__ import annotations
@@ -33,7 +36,9 @@ from qa.squad import SquadArticle, load_squad
 
 
 def build_cases(articles: list[SquadArticle], embedder, rng: random.Random, limit: int):
-    """(kind, question, passages, golds) for answerable, unanswerable and wrong-document cases."""
+    """(kind, question, passages, golds, relevances) for answerable, unanswerable and
+    wrong-document cases; ``relevances`` are the passages' cosine similarities to the question,
+    as the retriever would report them."""
     para_vecs = {a.title: embedder.embed(a.paragraphs, progress=False) for a in articles}
     qs = [q for a in articles for q in a.questions]
     rng.shuffle(qs)
@@ -44,59 +49,110 @@ def build_cases(articles: list[SquadArticle], embedder, rng: random.Random, limi
     for q, v in zip(qs, q_vecs):
         art = by_title[q.title]
         sims = para_vecs[q.title] @ v
-        others = [i for i in np.argsort(-sims) if i != q.paragraph][:2]
-        passages = [q.context] + [art.paragraphs[i] for i in others]
-        cases.append(("unanswerable" if q.is_impossible else "answerable", q.question, passages,
-                      q.gold_texts))
+        picked = [q.paragraph] + [i for i in np.argsort(-sims) if i != q.paragraph][:2]
+        cases.append(("unanswerable" if q.is_impossible else "answerable", q.question,
+                      [art.paragraphs[i] for i in picked], q.gold_texts,
+                      [float(sims[i]) for i in picked]))
         if not q.is_impossible and len(articles) > 1:
             other = rng.choice([a for a in articles if a.title != q.title])
-            top = np.argsort(-(para_vecs[other.title] @ v))[:3]
-            cases.append(("wrong_document", q.question, [other.paragraphs[i] for i in top], []))
+            o_sims = para_vecs[other.title] @ v
+            top = np.argsort(-o_sims)[:3]
+            cases.append(("wrong_document", q.question, [other.paragraphs[i] for i in top], [],
+                          [float(o_sims[i]) for i in top]))
     return cases
+
+
+def fit_calibration(rows: list[dict], use_relevance: bool = True,
+                    relevance_model: str = "") -> Calibration:
+    """Both halves of :class:`~qa.calibration.Calibration` from the reader's raw spans.
+
+    Each case is represented by its highest-logit span. ``right`` is fitted on the answerable
+    cases (target: exact match); ``on_topic`` on answerable cases (1) against wrong-document
+    cases (0), from the logits and the passage's similarity to the question."""
+    def top(r):
+        return max(r["spans"], key=lambda s: s["logit"], default=None)
+
+    ans = [top(r) for r in rows if r["kind"] == "answerable" and r["spans"]]
+    sw, mw, b = fit_platt([(s["logit"], s["logit"] - s["null"]) for s in ans],
+                          [s["em"] == 1.0 for s in ans])
+    cal = Calibration(span_weight=sw, margin_weight=mw, bias=b)
+    wrong = [top(r) for r in rows if r["kind"] == "wrong_document" and r["spans"]]
+    if use_relevance and ans and wrong:
+        spans = ans + wrong
+        tsw, tmw, trw, tb = fit_platt(
+            [(s["logit"], s["logit"] - s["null"], s["relevance"]) for s in spans],
+            [True] * len(ans) + [False] * len(wrong))
+        cal.topic_span_weight, cal.topic_margin_weight = tsw, tmw
+        cal.topic_relevance_weight, cal.topic_bias = trw, tb
+        cal.relevance_default = float(sum(s["relevance"] for s in ans) / len(ans))
+        cal.relevance_model = relevance_model
+    return cal
+
+
+def read_cases(cases, reader) -> list[dict]:
+    """What the reader finds for each case: its top spans with raw logits, the passage's
+    relevance, and EM/F1 against the golds."""
+    from tqdm import tqdm
+
+    rows = []
+    for i in tqdm(range(0, len(cases), 16), desc="reading", file=sys.stdout, mininterval=10):
+        chunk = cases[i:i + 16]
+        res = reader.predict_many([c[1] for c in chunk], [c[2] for c in chunk], top_k=20)
+        for (kind, _q, _p, golds, rels), r in zip(chunk, res):
+            spans = []
+            for s in r.spans:
+                em, f1 = score(s.text, golds) if golds else (0.0, 0.0)
+                spans.append({"logit": s.logit, "null": s.null_logit,
+                              "relevance": rels[s.passage], "em": em, "f1": f1})
+            rows.append({"kind": kind, "spans": spans})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="spanqa calibrate-reader", description=__doc__.split("\n\n")[0])
     ap.add_argument("--reader", required=True, help="model folder to calibrate (updated in place)")
-    ap.add_argument("--data", required=True, help="held-out SQuAD json (2.0 for unanswerables)")
+    ap.add_argument("--data", help="held-out SQuAD json (2.0 for unanswerables)")
     ap.add_argument("--titles", nargs="*", help="only these articles of --data")
     ap.add_argument("--holdout-json", help="a training run's holdout.json (gives --data/--titles)")
     ap.add_argument("--limit", type=int, default=2000, help="questions at most")
     ap.add_argument("--wrong-doc-target", type=float, default=0.95)
+    ap.add_argument("--no-relevance", action="store_true",
+                    help="no topic model: confidence from the reader's logits alone")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--save-rows", help="write what the reader found per case (jsonl), to refit "
+                                        "later with --from-rows without reading again")
+    ap.add_argument("--from-rows", help="fit on rows saved by --save-rows instead of reading")
     ap.add_argument("--report", help="write the figures here too (json)")
     args = ap.parse_args(argv)
 
-    from index.embedder import shared_embedder
+    from index.embedder import DEFAULT_EMBEDDER, shared_embedder
 
     titles = args.titles
     if args.holdout_json:
         h = json.loads(Path(args.holdout_json).read_text())
         titles = h["titles"]
-    articles = [a for a in load_squad(args.data) if not titles or a.title in titles]
-    rng = random.Random(args.seed)
-    cases = build_cases(articles, shared_embedder(), rng, args.limit)
+        args.data = args.data or h["source"]
+    if args.from_rows:
+        rows = [json.loads(line) for line in Path(args.from_rows).read_text().splitlines()]
+    else:
+        if not args.data:
+            ap.error("--data (or --holdout-json, or --from-rows) is required")
+        articles = [a for a in load_squad(args.data) if not titles or a.title in titles]
+        cases = build_cases(articles, shared_embedder(), random.Random(args.seed), args.limit)
+        reader = ExtractiveReader(args.reader)
+        reader.warm_up()
+        rows = read_cases(cases, reader)
+    if args.save_rows:
+        Path(args.save_rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    reader = ExtractiveReader(args.reader)
-    reader.warm_up()
-    rows = []
-    from tqdm import tqdm
-
-    for i in tqdm(range(0, len(cases), 16), desc="reading", file=sys.stdout, mininterval=10):
-        chunk = cases[i:i + 16]
-        res = reader.predict_many([c[1] for c in chunk], [c[2] for c in chunk], top_k=1)
-        for (kind, _q, _p, golds), r in zip(chunk, res):
-            s = r.spans[0] if r.spans else None
-            em, f1 = score(s.text, golds) if (s and golds) else (0.0, 0.0)
-            rows.append({"kind": kind, "logit": s.logit if s else -1e4,
-                         "null": s.null_logit if s else 0.0, "em": em, "f1": f1})
-
+    cal = fit_calibration(rows, not args.no_relevance, DEFAULT_EMBEDDER)
+    for r in rows:  # the answer users get: the span with the highest confidence
+        for s in r["spans"]:
+            s["conf"] = cal.confidence(s["logit"], s["null"], s["relevance"])
+        best = max(r["spans"], key=lambda s: s["conf"], default=None)
+        r.update(conf=best["conf"] if best else 0.0, em=best["em"] if best else 0.0,
+                 f1=best["f1"] if best else 0.0)
     ans = [r for r in rows if r["kind"] == "answerable"]
-    sw, mw, b = fit_platt([(r["logit"], r["logit"] - r["null"]) for r in ans],
-                          [r["em"] == 1.0 for r in ans])
-    cal = Calibration(span_weight=sw, margin_weight=mw, bias=b)
-    for r in rows:
-        r["conf"] = cal.confidence(r["logit"], r["null"])
 
     def at(t: float) -> dict:
         kinds = {}
@@ -117,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     cal.threshold = chosen
     never, final = at(0.0), at(chosen)
     ece = expected_calibration_error([r["conf"] for r in ans], [r["em"] == 1.0 for r in ans])
+    ece_all = expected_calibration_error([r["conf"] for r in rows], [r["em"] == 1.0 for r in rows])
     report = {"data": args.data, "titles": titles, "cases": len(rows), "ece_answerable": ece,
+              "ece_all": ece_all, "relevance": not args.no_relevance,
               "calibration": cal.to_dict(), "never_abstain": never, "at_threshold": final,
               "f1_cost": never["answerable"]["f1"] - final["answerable"]["f1"],
               "curve": [{"threshold": t, **{k: v["abstain_rate"] for k, v in a.items()},
@@ -127,12 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     cfg["calibration"] = cal.to_dict()
     cfg["calibration_report"] = {k: report[k] for k in
-                                 ("data", "titles", "cases", "ece_answerable", "never_abstain",
-                                  "at_threshold", "f1_cost")}
+                                 ("data", "titles", "cases", "ece_answerable", "ece_all",
+                                  "relevance", "never_abstain", "at_threshold", "f1_cost")}
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("cases", "ece_answerable", "calibration",
+    print(json.dumps({k: report[k] for k in ("cases", "ece_answerable", "ece_all", "calibration",
                                              "never_abstain", "at_threshold", "f1_cost")}, indent=2))
     return 0
 

@@ -1,19 +1,34 @@
 """Turn raw span logits into a confidence a person can read, and decide when to abstain.
 
-``confidence = sigmoid(span_weight * logit + margin_weight * (logit - null_logit) + bias)``
+``confidence = right × on_topic``, two logistic models (Platt scaling) fitted on held-out data:
 
-``logit`` is the span's start+end logit and ``null_logit`` its window's no-answer logit. With
-``margin_weight = 0`` this is Haystack's ``sigmoid(logit * calibration_factor)``; both terms are
-per span, so confidences stay comparable across passages and windows. The weights are fitted
-by logistic regression (Platt scaling) on held-out questions, the answer being right meaning
-exact match, so a confidence of 0.8 means about 8 answers in 10 are exactly right. The reader
-abstains when the best confidence is below ``threshold``, which is chosen on held-out data
-that holds unanswerable questions.
+* ``right = sigmoid(span_weight * logit + margin_weight * (logit - null_logit) + bias)``: the
+  chance the span is exactly right when the passages are about the question. ``logit`` is the
+  span's start+end logit, ``null_logit`` its window's no-answer logit. With
+  ``margin_weight = 0`` this is Haystack's ``sigmoid(logit * calibration_factor)``. Fitted on
+  answerable held-out questions, target exact match: 0.8 means about 8 answers in 10 are right.
+* ``on_topic = sigmoid(topic_span_weight * logit + topic_margin_weight * (logit - null_logit)
+  + topic_relevance_weight * relevance + topic_bias)``: the chance the passages are about the
+  question at all. ``relevance`` is the cosine similarity between the question and the span's
+  passage by the embedder named in ``relevance_model`` (the retriever computes it anyway).
+  A reader finds a plausible-looking span in an off-topic passage, and its logits alone
+  cannot tell "about something else" from "hard"; the embedder can. Fitted on answerable
+  questions against the same questions asked of another article. Without fitted weights
+  (older model folders) the factor is 1.
+
+Every term is per span, so confidences stay comparable across passages and windows. When no
+relevance is known (the reader used on its own) ``relevance_default`` stands in, the mean over
+held-out answered questions. The reader abstains when the best confidence is below
+``threshold``, chosen on the same held-out data (see :mod:`qa.calibrate`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 
 
 @dataclass
@@ -22,25 +37,63 @@ class Calibration:
     margin_weight: float = 0.0
     bias: float = 0.0
     threshold: float = 0.5
+    topic_span_weight: float = 0.0
+    topic_margin_weight: float = 0.0
+    topic_relevance_weight: float = 0.0
+    topic_bias: float = 0.0
+    relevance_default: float = 0.0
+    relevance_model: str = ""  # the embedder whose cosine similarities the topic weights expect
 
-    def confidence(self, logit: float, null_logit: float) -> float:
-        z = self.span_weight * logit + self.margin_weight * (logit - null_logit) + self.bias
-        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+    @property
+    def has_topic_model(self) -> bool:
+        return any((self.topic_span_weight, self.topic_margin_weight,
+                    self.topic_relevance_weight, self.topic_bias))
+
+    def right(self, logit: float, null_logit: float) -> float:
+        """Chance the span is exactly right, given passages about the question."""
+        return _sigmoid(self.span_weight * logit + self.margin_weight * (logit - null_logit)
+                        + self.bias)
+
+    def on_topic(self, logit: float, null_logit: float, relevance: float | None = None) -> float:
+        """Chance the passage is about the question at all (1 without a fitted topic model)."""
+        if not self.has_topic_model:
+            return 1.0
+        rel = self.relevance_default if relevance is None else relevance
+        return _sigmoid(self.topic_span_weight * logit
+                        + self.topic_margin_weight * (logit - null_logit)
+                        + self.topic_relevance_weight * rel + self.topic_bias)
+
+    def confidence(self, logit: float, null_logit: float, relevance: float | None = None) -> float:
+        return self.right(logit, null_logit) * self.on_topic(logit, null_logit, relevance)
+
+    def accepts_relevance_from(self, embedder_name: str | None) -> bool:
+        """Whether similarities by this embedder are on the scale the weights were fitted on."""
+        return bool(self.topic_relevance_weight) and bool(embedder_name) and (
+            _model_key(embedder_name) == _model_key(self.relevance_model))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
-        return cls(**{k: float(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+        fields = cls.__dataclass_fields__
+        return cls(**{k: (str(v) if fields[k].type in (str, "str") else float(v))
+                      for k, v in d.items() if k in fields})
 
 
-def fit_platt(features: list[tuple[float, float]], correct: list[bool], steps: int = 3000,
-              lr: float = 0.05, l2: float = 1e-3) -> tuple[float, float, float]:
-    """Logistic regression of ``correct`` on ``(logit, logit - null_logit)``.
+def _model_key(name: str) -> str:
+    """'sentence-transformers/all-MiniLM-L6-v2', a local folder of it, or its pip package's
+    path all name the same embedder."""
+    return name.rstrip("/").rsplit("/", 1)[-1].lower().replace("_", "-")
 
-    Returns ``(span_weight, margin_weight, bias)``. Plain gradient descent on standardised
-    features: two features and a few thousand points need nothing more.
+
+def fit_platt(features: list[tuple[float, ...]], correct: list[bool], steps: int = 3000,
+              lr: float = 0.05, l2: float = 1e-3) -> tuple[float, ...]:
+    """Logistic regression of ``correct`` on the features (e.g. ``(logit, logit - null_logit,
+    relevance)``).
+
+    Returns one weight per feature, then the bias. Plain gradient descent on standardised
+    features: three features and a few thousand points need nothing more.
     """
     import numpy as np
 
@@ -48,7 +101,7 @@ def fit_platt(features: list[tuple[float, float]], correct: list[bool], steps: i
     y = np.asarray(correct, dtype=np.float64)
     mu, sd = x.mean(0), x.std(0) + 1e-9
     z = (x - mu) / sd
-    w, b = np.zeros(2), 0.0
+    w, b = np.zeros(x.shape[1]), 0.0
     for _ in range(steps):
         p = 1 / (1 + np.exp(-(z @ w + b)))
         g = p - y
@@ -56,7 +109,7 @@ def fit_platt(features: list[tuple[float, float]], correct: list[bool], steps: i
         b -= lr * g.mean()
     # undo the standardisation: w·(x-mu)/sd + b
     ws = w / sd
-    return float(ws[0]), float(ws[1]), float(b - (w * mu / sd).sum())
+    return (*(float(v) for v in ws), float(b - (w * mu / sd).sum()))
 
 
 def expected_calibration_error(conf: list[float], correct: list[bool], bins: int = 10) -> float:

