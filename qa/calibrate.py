@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     never, final = at(0.0), at(chosen)
     ece = expected_calibration_error([r["conf"] for r in ans], [r["em"] == 1.0 for r in ans])
     ece_all = expected_calibration_error([r["conf"] for r in rows], [r["em"] == 1.0 for r in rows])
-    report = {"data": args.data, "titles": titles, "cases": len(rows), "ece_answerable": ece,
+    source = Path(args.data).name if args.data else args.from_rows
+    report = {"data": source, "titles": titles, "cases": len(rows), "ece_answerable": ece,
               "ece_all": ece_all, "relevance": not args.no_relevance,
               "calibration": cal.to_dict(), "never_abstain": never, "at_threshold": final,
               "f1_cost": never["answerable"]["f1"] - final["answerable"]["f1"],
