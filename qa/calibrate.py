@@ -152,12 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         best = max(r["spans"], key=lambda s: s["conf"], default=None)
         r.update(conf=best["conf"] if best else 0.0, em=best["em"] if best else 0.0,
                  f1=best["f1"] if best else 0.0)
-    ans = [r for r in rows if r["kind"] == "answerable"]
+    by_kind = {k: [r for r in rows if r["kind"] == k]
+               for k in ("answerable", "unanswerable", "wrong_document")}
+    ans = by_kind["answerable"]
 
     def at(t: float) -> dict:
         kinds = {}
-        for k in ("answerable", "unanswerable", "wrong_document"):
-            rs = [r for r in rows if r["kind"] == k]
+        for k, rs in by_kind.items():
             if not rs:
                 continue
             abst = [r["conf"] < t for r in rs]

@@ -77,8 +77,7 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
         fields = cls.__dataclass_fields__
-        return cls(**{k: (str(v) if fields[k].type in (str, "str") else float(v))
-                      for k, v in d.items() if k in fields})
+        return cls(**{k: type(fields[k].default)(v) for k, v in d.items() if k in fields})
 
 
 def _model_key(name: str) -> str:

@@ -123,13 +123,10 @@ class DocumentQA:
             t0 = time.perf_counter()
             qs = clean[i:i + batch_size]
             retrieved = self.retriever.retrieve_many(qs, passages)
-            relevance = None
-            self.reader.warm_up()  # loads the model folder's config once
-            if self.reader.config.calibration.accepts_relevance_from(self.store.embedder.name):
-                relevance = [[p.score for p in ps] for ps in retrieved]
-            results = self.reader.predict_many(qs, [[p.chunk.text for p in ps] for ps in retrieved],
-                                               top_k=max(top_k, 1), threshold=threshold,
-                                               relevance=relevance)
+            results = self.reader.predict_many(
+                qs, [[p.chunk.text for p in ps] for ps in retrieved], top_k=max(top_k, 1),
+                threshold=threshold, relevance=[[p.score for p in ps] for ps in retrieved],
+                relevance_model=self.store.embedder.name)
             ms = (time.perf_counter() - t0) * 1000 / len(qs)
             for q, ps, r in zip(qs, retrieved, results):
                 a = self._answer(q, ps, r)

@@ -62,7 +62,6 @@ class ReaderSpan:
     score: float  # calibrated confidence in [0, 1]
     logit: float  # raw start+end logit
     null_logit: float  # the window's no-answer logit
-    relevance: float | None = None  # the passage's similarity to the question, when given
 
 
 @dataclass
@@ -177,23 +176,26 @@ class ExtractiveReader:
         return np.concatenate(starts), np.concatenate(ends)
 
     def predict(self, question: str, passages: list[str], top_k: int = 5,
-                threshold: float | None = None,
-                relevance: list[float] | None = None) -> ReaderResult:
+                threshold: float | None = None, relevance: list[float] | None = None,
+                relevance_model: str | None = None) -> ReaderResult:
         """Answer one question from its passages (one batch through the model)."""
         return self.predict_many([question], [passages], top_k, threshold,
-                                 None if relevance is None else [relevance])[0]
+                                 None if relevance is None else [relevance], relevance_model)[0]
 
     def predict_many(self, questions: list[str], passages: list[list[str]], top_k: int = 5,
                      threshold: float | None = None,
-                     relevance: list[list[float]] | None = None) -> list[ReaderResult]:
+                     relevance: list[list[float]] | None = None,
+                     relevance_model: str | None = None) -> list[ReaderResult]:
         """Answer many questions, each over its own passages, in as few forward passes as the
         batch size allows. ``threshold`` overrides the configured abstention threshold.
-        ``relevance`` gives each passage's cosine similarity to its question (by the embedder
-        the calibration names, see :mod:`qa.calibration`); without it the calibration's
-        default stands in."""
+        ``relevance`` gives each passage's cosine similarity to its question by the embedder
+        ``relevance_model``; it counts only when that is the embedder the calibration was
+        fitted with (see :mod:`qa.calibration`), else the calibration's default stands in."""
         self.warm_up()
         cfg = self.config
         threshold = cfg.calibration.threshold if threshold is None else threshold
+        if not cfg.calibration.accepts_relevance_from(relevance_model):
+            relevance = None
         q_flat, p_flat, owner, rel_flat = [], [], [], []
         for qi, (q, ps) in enumerate(zip(questions, passages)):
             for pi, p in enumerate(ps):
@@ -217,8 +219,9 @@ class ExtractiveReader:
             for c in cs:
                 per_q.setdefault(qi, []).append(ReaderSpan(
                     passage=pi, text=text[c.char_start:c.char_end], char_start=c.char_start,
-                    char_end=c.char_end, score=cfg.calibration.confidence(c.logit, nulls[pair], rel_flat[pair]),
-                    logit=c.logit, null_logit=nulls[pair], relevance=rel_flat[pair]))
+                    char_end=c.char_end,
+                    score=cfg.calibration.confidence(c.logit, nulls[pair], rel_flat[pair]),
+                    logit=c.logit, null_logit=nulls[pair]))
         for qi, spans in per_q.items():
             spans.sort(key=lambda s: (-s.score, -s.logit))
             spans = [s for s in spans if s.text.strip()]
