@@ -2,7 +2,9 @@
 
 Pure numpy, no model: unit tests drive it with hand-made logits. A span's raw score is
 ``start_logit + end_logit`` (comparable across windows and passages, as in Haystack's
-ExtractiveReader); the window's no-answer score is the same sum at the [CLS] position.
+ExtractiveReader), less ``length_penalty`` per token past the first: a small reader tends to
+run past the end of the answer, and a prior towards short spans chosen on held-out data
+corrects that. The window's no-answer score is the same sum at the [CLS] position.
 Calibration to a probability happens in :mod:`qa.calibration`.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ class SpanCandidate:
     pair: int  # index of the (question, passage) pair it came from
     char_start: int  # character span in the passage, end exclusive
     char_end: int
-    logit: float  # start_logit + end_logit
+    logit: float  # start_logit + end_logit - length_penalty * (tokens - 1)
 
 
 def window_spans(
@@ -28,20 +30,21 @@ def window_spans(
     offsets: list[tuple[int, int] | None],
     max_answer_len: int,
     top_n: int,
+    length_penalty: float = 0.0,
 ) -> list[tuple[int, int, float]]:
     """Best ``top_n`` token spans ``(start, end, logit)`` of one window.
 
     Only passage tokens can start or end a span, ``end >= start`` and the span holds at most
-    ``max_answer_len`` tokens.
+    ``max_answer_len`` tokens. ``logit`` is ``start + end - length_penalty * (end - start)``.
     """
     ctx = np.array([i for i, o in enumerate(offsets) if o is not None], dtype=np.int64)
     if ctx.size == 0 or top_n <= 0:
         return []
     s = np.asarray(start_logits, dtype=np.float64)[ctx]
     e = np.asarray(end_logits, dtype=np.float64)[ctx]
-    scores = s[:, None] + e[None, :]
     # Positions in ctx are consecutive tokens of one passage, so the length rule is on token ids.
     length = ctx[None, :] - ctx[:, None]
+    scores = s[:, None] + e[None, :] - length_penalty * length
     allowed = (length >= 0) & (length < max_answer_len)
     scores = np.where(allowed, scores, -np.inf)
     flat = scores.ravel()
@@ -62,6 +65,7 @@ def decode_windows(
     pair_index: list[int],
     max_answer_len: int = 30,
     top_n: int = 5,
+    length_penalty: float = 0.0,
 ) -> dict[int, list[SpanCandidate]]:
     """Candidates of every pair, best first, merged over that pair's windows.
 
@@ -73,7 +77,7 @@ def decode_windows(
     for w, pair in enumerate(pair_index):
         best = per_pair.setdefault(pair, {})
         for st, en, logit in window_spans(
-            start_logits[w], end_logits[w], offsets[w], max_answer_len, top_n
+            start_logits[w], end_logits[w], offsets[w], max_answer_len, top_n, length_penalty
         ):
             cs, ce = offsets[w][st][0], offsets[w][en][1]
             old = best.get((cs, ce))

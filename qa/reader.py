@@ -34,6 +34,7 @@ class ReaderConfig:
     max_seq_len: int = 256
     doc_stride: int = 96
     max_answer_len: int = 30  # tokens
+    length_penalty: float = 0.0  # logit units per answer token past the first (qa.decoding)
     top_n_per_window: int = 10
     batch_size: int = 32  # windows per forward pass
     calibration: Calibration = field(default_factory=Calibration)
@@ -60,7 +61,7 @@ class ReaderSpan:
     char_start: int  # end exclusive
     char_end: int
     score: float  # calibrated confidence in [0, 1]
-    logit: float  # raw start+end logit
+    logit: float  # start+end logit, less the length penalty
     null_logit: float  # the window's no-answer logit
 
 
@@ -210,7 +211,7 @@ class ExtractiveReader:
             windows = build_windows(self.tokenizer, q_flat, p_flat, cfg.max_seq_len, cfg.doc_stride)
             start, end = self._logits(windows)
         cands = decode_windows(start, end, windows.offsets, windows.pair_index,
-                               cfg.max_answer_len, cfg.top_n_per_window)
+                               cfg.max_answer_len, cfg.top_n_per_window, cfg.length_penalty)
         nulls = min_null_logit(start, end, windows.pair_index)
         per_q: dict[int, list[ReaderSpan]] = {}
         for pair, cs in cands.items():

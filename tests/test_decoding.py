@@ -41,6 +41,20 @@ def test_end_before_start_and_max_answer_length():
     assert (4, 8) not in [(a, b) for a, b, _ in spans]
 
 
+def test_length_penalty_prefers_the_shorter_span_and_lowers_its_logit():
+    # "beta" alone scores 9.5; "beta gamma delta" 10.0 without a penalty.
+    s, e = np.full(10, -5.0), np.full(10, -5.0)
+    s[5], e[5], e[7] = 5.0, 4.5, 5.0
+    plain = decode_windows(np.array([s]), np.array([e]), [OFFS], [0])[0][0]
+    assert PASSAGE[plain.char_start:plain.char_end] == "beta gamma delta"
+    assert plain.logit == 10.0
+    short = decode_windows(np.array([s]), np.array([e]), [OFFS], [0], length_penalty=0.5)[0]
+    assert PASSAGE[short[0].char_start:short[0].char_end] == "beta"
+    assert short[0].logit == 9.5  # one token: nothing taken off
+    longer = next(c for c in short if PASSAGE[c.char_start:c.char_end] == "beta gamma delta")
+    assert longer.logit == 10.0 - 0.5 * 2
+
+
 def test_overlapping_windows_merge_and_offsets_stay_in_the_passage():
     # Two windows over one passage "one two three four five six": the second starts at "three".
     p = "one two three four five six"
