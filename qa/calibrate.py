@@ -18,6 +18,10 @@ leaves it out). The threshold is the lowest one at which at least ``--wrong-doc-
 (default 95%) of the wrong-document questions are abstained on, so it costs as little F1 on
 answerable questions as that goal allows. All of it is written into the model folder's
 ``spanqa_reader.json``, with the figures, so the folder stays self-describing.
+
+``--length-penalties 0 0.05 0.1 ...`` first picks the decoding length penalty (see
+:mod:`qa.decoding`) with the best F1 on the answerable held-out questions read with their
+gold paragraph (logits computed once, decoded once per value), and calibrates with it.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from qa.calibration import Calibration, expected_calibration_error, fit_platt
+from qa.decoding import decode_windows
 from qa.metrics import score
 from qa.reader import READER_CONFIG_FILE, ExtractiveReader
 from qa.squad import SquadArticle, load_squad
@@ -60,6 +65,41 @@ def build_cases(articles: list[SquadArticle], embedder, rng: random.Random, limi
             cases.append(("wrong_document", q.question, [other.paragraphs[i] for i in top], [],
                           [float(o_sims[i]) for i in top]))
     return cases
+
+
+def length_penalty_scores(start, end, offsets, pair_index, passages: list[str],
+                          golds: list[list[str]], penalties: list[float], max_answer_len: int,
+                          top_n: int) -> list[dict]:
+    """Mean EM and F1 of each pair's best span decoded with each length penalty; the model's
+    logits are computed once by the caller and only decoding is repeated."""
+    out = []
+    for lp in penalties:
+        cands = decode_windows(start, end, offsets, pair_index, max_answer_len, top_n, lp)
+        ems, f1s = [], []
+        for pair, (text, gold) in enumerate(zip(passages, golds)):
+            best = next((c for c in cands.get(pair, []) if text[c.char_start:c.char_end].strip()),
+                        None)
+            em, f1 = score(text[best.char_start:best.char_end], gold) if best else (0.0, 0.0)
+            ems.append(em)
+            f1s.append(f1)
+        out.append({"length_penalty": lp, "em": 100 * float(np.mean(ems)),
+                    "f1": 100 * float(np.mean(f1s))})
+    return out
+
+
+def choose_length_penalty(reader, articles: list[SquadArticle],
+                          penalties: list[float]) -> tuple[float, list[dict]]:
+    """The penalty with the best F1 on the answerable questions of ``articles``, each read
+    with its gold paragraph (the SQuAD reader setting), and the whole table."""
+    qs = [(q, a.paragraphs[q.paragraph]) for a in articles for q in a.questions
+          if not q.is_impossible]
+    windows, start, end = reader.window_logits([q.question for q, _ in qs], [p for _, p in qs])
+    cfg = reader.config
+    table = length_penalty_scores(start, end, windows.offsets, windows.pair_index,
+                                  [p for _, p in qs], [q.gold_texts for q, _ in qs], penalties,
+                                  cfg.max_answer_len, cfg.top_n_per_window)
+    best = max(table, key=lambda r: r["f1"])
+    return best["length_penalty"], table
 
 
 def fit_calibration(rows: list[dict], use_relevance: bool = True,
@@ -118,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wrong-doc-target", type=float, default=0.95)
     ap.add_argument("--no-relevance", action="store_true",
                     help="no topic model: confidence from the reader's logits alone")
+    ap.add_argument("--length-penalties", nargs="+", type=float, metavar="LP",
+                    help="first choose the decoding length penalty among these (best F1 on the "
+                         "answerable questions, gold paragraph), then calibrate with it")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--save-rows", help="write what the reader found per case (jsonl), to refit "
                                         "later with --from-rows without reading again")
@@ -132,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         h = json.loads(Path(args.holdout_json).read_text())
         titles = h["titles"]
         args.data = args.data or h["source"]
+    if args.from_rows and args.length_penalties:
+        ap.error("--length-penalties needs the reader to read again; drop --from-rows")
+    lp_table = None
     if args.from_rows:
         rows = [json.loads(line) for line in Path(args.from_rows).read_text().splitlines()]
     else:
@@ -141,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         cases = build_cases(articles, shared_embedder(), random.Random(args.seed), args.limit)
         reader = ExtractiveReader(args.reader)
         reader.warm_up()
+        if args.length_penalties:
+            chosen_lp, lp_table = choose_length_penalty(reader, articles, args.length_penalties)
+            reader.config.length_penalty = chosen_lp
+            print("length penalty:", json.dumps(lp_table), "->", chosen_lp)
         rows = read_cases(cases, reader)
     if args.save_rows:
         Path(args.save_rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -186,9 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path = Path(args.reader) / READER_CONFIG_FILE
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     cfg["calibration"] = cal.to_dict()
+    if lp_table is not None:
+        cfg["length_penalty"] = reader.config.length_penalty
+        report["length_penalty_table"] = lp_table
     cfg["calibration_report"] = {k: report[k] for k in
                                  ("data", "titles", "cases", "ece_answerable", "ece_all",
-                                  "relevance", "never_abstain", "at_threshold", "f1_cost")}
+                                  "relevance", "never_abstain", "at_threshold", "f1_cost",
+                                  "length_penalty_table") if k in report}
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")

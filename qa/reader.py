@@ -176,6 +176,17 @@ class ExtractiveReader:
                 ends.append(np.pad(e, ((0, 0), (0, pad)), constant_values=-1e4))
         return np.concatenate(starts), np.concatenate(ends)
 
+    def window_logits(self, questions: list[str], passages: list[str]):
+        """``(windows, start_logits, end_logits)`` for (question, passage) pairs: the model's raw
+        output before span decoding (calibration decodes it several ways)."""
+        self.warm_up()
+        cfg = self.config
+        with self._use_lock:
+            windows = build_windows(self.tokenizer, questions, passages, cfg.max_seq_len,
+                                    cfg.doc_stride)
+            start, end = self._logits(windows)
+        return windows, start, end
+
     def predict(self, question: str, passages: list[str], top_k: int = 5,
                 threshold: float | None = None, relevance: list[float] | None = None,
                 relevance_model: str | None = None) -> ReaderResult:
@@ -207,9 +218,7 @@ class ExtractiveReader:
         results = [ReaderResult([], True, 1.0) for _ in questions]
         if not q_flat:
             return results
-        with self._use_lock:
-            windows = build_windows(self.tokenizer, q_flat, p_flat, cfg.max_seq_len, cfg.doc_stride)
-            start, end = self._logits(windows)
+        windows, start, end = self.window_logits(q_flat, p_flat)
         cands = decode_windows(start, end, windows.offsets, windows.pair_index,
                                cfg.max_answer_len, cfg.top_n_per_window, cfg.length_penalty)
         nulls = min_null_logit(start, end, windows.pair_index)

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 
 from qa import DocumentQA
+from qa.calibrate import length_penalty_scores
 from qa.calibrate import main as calibrate_main
 from qa.calibration import Calibration, expected_calibration_error, fit_platt
 from qa.reader import READER_CONFIG_FILE, ExtractiveReader
@@ -100,3 +101,24 @@ def test_calibrate_reader_writes_weights_threshold_and_figures(tiny_reader_dir, 
     first = json.loads((tmp_path / "reader" / READER_CONFIG_FILE).read_text())["calibration"]
     assert calibrate_main(["--reader", reader, "--from-rows", str(rows)]) == 0
     assert json.loads((tmp_path / "reader" / READER_CONFIG_FILE).read_text())["calibration"] == first
+    # choosing the length penalty first writes the chosen one and its table into the folder
+    assert calibrate_main(["--reader", reader, "--data", str(path),
+                           "--length-penalties", "0", "0.3"]) == 0
+    cfg = json.loads((tmp_path / "reader" / READER_CONFIG_FILE).read_text())
+    table = cfg["calibration_report"]["length_penalty_table"]
+    assert [r["length_penalty"] for r in table] == [0.0, 0.3]
+    assert cfg["length_penalty"] == max(table, key=lambda r: r["f1"])["length_penalty"]
+
+
+def test_length_penalty_scores_decode_the_same_logits_once_per_penalty():
+    # [CLS] q [SEP] alpha beta gamma delta [SEP]: raw scores favour "beta gamma delta" (10.0)
+    # over "beta" (9.5); the gold answer is "beta".
+    passage = "alpha beta gamma delta"
+    offs = [None, None, None, (0, 5), (6, 10), (11, 16), (17, 22), None]
+    s, e = np.full(8, -5.0), np.full(8, -5.0)
+    s[4], e[4], e[6] = 5.0, 4.5, 5.0
+    table = length_penalty_scores(np.array([s]), np.array([e]), [offs], [0], [passage],
+                                  [["beta"]], [0.0, 0.5], max_answer_len=30, top_n=5)
+    assert [r["length_penalty"] for r in table] == [0.0, 0.5]
+    assert table[0]["em"] == 0.0 and math.isclose(table[0]["f1"], 50.0)  # 1 of 3 tokens right
+    assert table[1]["em"] == 100.0 and table[1]["f1"] == 100.0
