@@ -87,12 +87,14 @@ def length_penalty_scores(start, end, offsets, pair_index, passages: list[str],
     return out
 
 
-def choose_length_penalty(reader, articles: list[SquadArticle],
-                          penalties: list[float]) -> tuple[float, list[dict]]:
-    """The penalty with the best F1 on the answerable questions of ``articles``, each read
-    with its gold paragraph (the SQuAD reader setting), and the whole table."""
+def choose_length_penalty(reader, articles: list[SquadArticle], penalties: list[float],
+                          limit: int = 2000) -> tuple[float, list[dict]]:
+    """The penalty with the best F1 on (up to ``limit``) answerable questions of ``articles``,
+    each read with its gold paragraph (the SQuAD reader setting), and the whole table."""
     qs = [(q, a.paragraphs[q.paragraph]) for a in articles for q in a.questions
-          if not q.is_impossible]
+          if not q.is_impossible][:limit]
+    print(f"length penalty: reading {len(qs)} answerable questions once, decoding "
+          f"{len(penalties)} ways", flush=True)
     windows, start, end = reader.window_logits([q.question for q, _ in qs], [p for _, p in qs])
     cfg = reader.config
     table = length_penalty_scores(start, end, windows.offsets, windows.pair_index,
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         reader = ExtractiveReader(args.reader)
         reader.warm_up()
         if args.length_penalties:
-            chosen_lp, lp_table = choose_length_penalty(reader, articles, args.length_penalties)
+            chosen_lp, lp_table = choose_length_penalty(reader, articles, args.length_penalties,
+                                                         args.limit)
             reader.config.length_penalty = chosen_lp
             print("length penalty:", json.dumps(lp_table), "->", chosen_lp)
         rows = read_cases(cases, reader)
