@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data = args.data or h["source"]
     if args.from_rows and args.length_penalties:
         ap.error("--length-penalties needs the reader to read again; drop --from-rows")
-    lp_table = None
+    chosen_lp, lp_table = None, None
     if args.from_rows:
         rows = [json.loads(line) for line in Path(args.from_rows).read_text().splitlines()]
     else:
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.length_penalties:
             chosen_lp, lp_table = choose_length_penalty(reader, articles, args.length_penalties,
                                                          args.limit)
-            reader.config.length_penalty = chosen_lp
+            reader.config.length_penalty = chosen_lp  # the cases are read with it
             print("length penalty:", json.dumps(lp_table), "->", chosen_lp)
         rows = read_cases(cases, reader)
     if args.save_rows:
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     cfg["calibration"] = cal.to_dict()
     if lp_table is not None:
-        cfg["length_penalty"] = reader.config.length_penalty
+        cfg["length_penalty"] = chosen_lp
         report["length_penalty_table"] = lp_table
     cfg["calibration_report"] = {k: report[k] for k in
                                  ("data", "titles", "cases", "ece_answerable", "ece_all",
