@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -163,6 +164,41 @@ def wrong_document_negatives(questions: list[SquadQuestion], frac: float, rng: r
     return out
 
 
+_LAYER = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """How far from the output a parameter sits: 0 for the span head (and anything after the
+    encoder), 1 for the top encoder layer, ..., ``num_layers + 1`` for the embeddings."""
+    m = _LAYER.search(name)
+    if m:
+        return num_layers - int(m.group(1))
+    if "embeddings" in name:
+        return num_layers + 1
+    return 0
+
+
+def parameter_groups(model, lr: float, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW parameter groups: no weight decay on biases and norms, and with ``layer_decay``
+    < 1 a learning rate of ``lr * layer_decay**depth`` (see :func:`layer_depth`), so the
+    pretrained lower layers move less than the fresh span head."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm", "norm")
+    num_layers = int(getattr(model.config, "num_hidden_layers", 0))
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        depth = layer_depth(name, num_layers) if layer_decay != 1.0 else 0
+        decays = not any(k in name for k in no_decay)
+        g = groups.setdefault((depth, decays), {
+            "params": [], "weight_decay": weight_decay if decays else 0.0,
+            "lr": lr * layer_decay ** depth})
+        g["params"].append(p)
+    # decayed group first at each depth: with layer_decay 1 this is the order older runs'
+    # optimizer checkpoints were saved in, so they still resume
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
+
+
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random,
                            group: int = 64) -> list[list[int]]:
     """Shuffle, sort within groups of ``group`` batches by length, shuffle the batches: little
@@ -274,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--warmup", type=float, default=0.1)
     ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--layer-decay", type=float, default=1.0,
+                    help="layer-wise learning-rate decay: the span head trains at --lr, the top "
+                         "encoder layer at lr*d, the next at lr*d^2, ..., embeddings lowest (1: off)")
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--holdout-articles", type=int, default=0)
@@ -334,14 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     total = int(steps_per_epoch * args.epochs)
     if args.max_steps:
         total = min(total, args.max_steps)
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm", "norm")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
-         "weight_decay": args.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
-         "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=args.lr)
+    groups = parameter_groups(model, args.lr, args.weight_decay, args.layer_decay)
+    opt = torch.optim.AdamW(groups)
     warm = int(total * args.warmup)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
@@ -378,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         losses.append(loss.item())
         bar.update(1)
         if step % 50 == 0:
-            rec = {"step": step, "loss": float(np.mean(losses[-50:])), "lr": sched.get_last_lr()[0],
+            rec = {"step": step, "loss": float(np.mean(losses[-50:])), "lr": max(sched.get_last_lr()),
                    "ex_per_s": seen / (time.time() - t_start)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
@@ -400,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                      "train": [Path(t).name for t in args.train], "steps": total, "windows": len(feats),
                      "minutes": round(minutes, 1), "device": device, "seed": args.seed,
                      "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
-                     "wrong_doc_frac": args.wrong_doc_frac}})
+                     "wrong_doc_frac": args.wrong_doc_frac, "layer_decay": args.layer_decay}})
     print(f"[done] {total} steps in {minutes:.1f} min; model in {out / 'model'}", flush=True)
     return 0
 

@@ -3,8 +3,8 @@ import json
 import random
 
 from qa.squad import SquadQuestion
-from qa.train import (build_features, collate, main as train_main, pick_target, span_loss,
-                      wrong_document_negatives)
+from qa.train import (build_features, collate, main as train_main, parameter_groups, pick_target,
+                      span_loss, wrong_document_negatives)
 
 CTX = ("Alpha facts come first. " * 30) + "The bridge was opened in 1932 by Mayor Lena Ruiz. " + ("Omega. " * 30)
 
@@ -72,6 +72,26 @@ def test_wrong_document_negatives_come_from_other_articles_and_are_unanswerable(
         assert n.is_impossible and n.question == src.question
         assert n.title != src.title and n.context not in {q.context for q in qs if q.title == src.title}
     assert wrong_document_negatives(qs, 0.0, random.Random(0)) == []
+
+
+def test_layer_decay_gives_lower_layers_smaller_learning_rates(tiny_reader):
+    model = tiny_reader.model  # 2 encoder layers
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = parameter_groups(model, lr=1e-3, weight_decay=0.01, layer_decay=0.5)
+    lr_of = {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
+    wd_of = {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+    assert sorted(lr_of) == sorted(names.values())  # every parameter, each once
+    assert sum(len(g["params"]) for g in groups) == len(names)
+    assert lr_of["qa_outputs.weight"] == 1e-3
+    assert lr_of["bert.encoder.layer.1.output.dense.weight"] == 1e-3 * 0.5
+    assert lr_of["bert.encoder.layer.0.output.dense.weight"] == 1e-3 * 0.25
+    assert lr_of["bert.embeddings.word_embeddings.weight"] == 1e-3 * 0.125
+    assert wd_of["bert.encoder.layer.0.output.LayerNorm.weight"] == 0.0
+    assert wd_of["bert.encoder.layer.0.output.dense.bias"] == 0.0
+    assert wd_of["bert.encoder.layer.0.output.dense.weight"] == 0.01
+    # off: one learning rate, decayed parameters first (the order older checkpoints resume in)
+    flat = parameter_groups(model, lr=1e-3, weight_decay=0.01)
+    assert [(g["lr"], g["weight_decay"]) for g in flat] == [(1e-3, 0.01), (1e-3, 0.0)]
 
 
 def test_pick_target_prefers_the_majority_answer():
