@@ -182,7 +182,7 @@ def parameter_groups(model, lr: float, weight_decay: float, layer_decay: float =
     """AdamW parameter groups: no weight decay on biases and norms, and with ``layer_decay``
     < 1 a learning rate of ``lr * layer_decay**depth`` (see :func:`layer_depth`), so the
     pretrained lower layers move less than the fresh span head."""
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm", "norm")
+    no_decay = ("bias", "LayerNorm.weight", "norm")  # "norm" covers layer_norm, final_norm, ...
     num_layers = int(getattr(model.config, "num_hidden_layers", 0))
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
