@@ -297,6 +297,12 @@ def save_reader(model, tokenizer, config: ReaderConfig, out: Path, fp16: bool = 
     (out / READER_CONFIG_FILE).write_text(json.dumps(d, indent=2) + "\n")
 
 
+def due(step: int, every: int, total: int) -> bool:
+    """Whether a periodic action (checkpoint, dev eval) runs after ``step``: every ``every`` steps
+    and always after the last one; ``every`` 0 means only after the last."""
+    return step == total or (every > 0 and step % every == 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="spanqa train-reader", description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", nargs="+", required=True, help="SQuAD json files, each PATH[:WEIGHT]")
@@ -320,9 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wrong-doc-frac", type=float, default=0.0,
                     help="add this share of answerable questions asked of another article's "
                          "paragraph, labelled unanswerable")
-    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--eval-every", type=int, default=500, help="steps between dev evals (0: only at the end)")
     ap.add_argument("--eval-limit", type=int, default=300, help="dev questions per mid-run eval")
-    ap.add_argument("--save-every", type=int, default=250)
+    ap.add_argument("--save-every", type=int, default=250,
+                    help="steps between checkpoints (0: only at the end)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
@@ -415,12 +422,12 @@ def main(argv: list[str] | None = None) -> int:
                    "ex_per_s": seen / (time.time() - t_start)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
-        if step % args.save_every == 0 or step == total:
+        if due(step, args.save_every, total):
             model.save_pretrained(ckpt, safe_serialization=True)
             torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
                        ckpt / "state.tmp")
             os.replace(ckpt / "state.tmp", ckpt / "state.pt")
-        if dev_sub and (step % args.eval_every == 0 or step == total):
+        if dev_sub and due(step, args.eval_every, total):
             m = evaluate(model, tokenizer, config, dev_sub if step < total else dev_qs, device)
             m["step"] = step
             print(f"[eval] step {step}: EM {m['em']:.1f} F1 {m['f1']:.1f} on {m['n']}", flush=True)

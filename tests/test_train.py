@@ -3,7 +3,7 @@ import json
 import random
 
 from qa.squad import SquadQuestion
-from qa.train import (build_features, collate, main as train_main, parameter_groups, pick_target,
+from qa.train import (build_features, collate, due, main as train_main, parameter_groups, pick_target,
                       span_loss, wrong_document_negatives)
 
 CTX = ("Alpha facts come first. " * 30) + "The bridge was opened in 1932 by Mayor Lena Ruiz. " + ("Omega. " * 30)
@@ -97,6 +97,11 @@ def test_layer_decay_gives_lower_layers_smaller_learning_rates(tiny_reader):
 def test_pick_target_prefers_the_majority_answer():
     q = SquadQuestion("3", "q", "c", "t", 0, [("in 1932", 10), ("1932", 13), ("1932", 13)])
     assert pick_target(q) == ("1932", 13)
+
+
+def test_periodic_actions_run_every_n_steps_and_after_the_last_and_zero_means_only_last():
+    assert [s for s in range(1, 11) if due(s, 4, 10)] == [4, 8, 10]
+    assert [s for s in range(1, 11) if due(s, 0, 10)] == [10]  # --save-every 0 used to divide by zero
 
 
 def test_train_checkpoints_and_resumes(tmp_path, tiny_reader_dir, capsys):
