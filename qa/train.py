@@ -24,9 +24,11 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from qa.distill import TeacherCache, distill_loss, fill_teacher_cache, fingerprint
 from qa.features import answer_token_positions, build_windows
 from qa.metrics import score
 from qa.reader import READER_CONFIG_FILE, ExtractiveReader, ReaderConfig
@@ -56,13 +58,24 @@ def gold_targets(q: SquadQuestion) -> list[tuple[str, int]]:
     return [first] + [a for a in dict.fromkeys(q.answers) if a != first]
 
 
-def build_features(tokenizer, questions: list[SquadQuestion], max_seq_len: int, doc_stride: int,
-                   rng: random.Random, negatives_per_answerable: int = 1, progress=None):
-    """Training windows as (input_ids, token_type_ids, spans) tuples.
+class TrainWindow(NamedTuple):
+    """One training window. ``spans`` lists the (start, end) token positions of every gold
+    answer the window holds whole, the majority answer first, or ``[(0, 0)]`` (no answer).
+    ``offsets`` ((n, 2) passage characters per token, -1 outside the passage) is kept only
+    for distillation, where the teacher reads the same text."""
 
-    ``spans`` lists the (start, end) token positions of every gold answer the window holds
-    whole, the majority answer first; a window that holds none has ``[(0, 0)]`` (no answer).
-    Long contexts give many such windows; an answerable question keeps at most
+    input_ids: list[int]
+    token_type_ids: list[int] | None
+    spans: list[tuple[int, int]]
+    source: tuple[int, np.ndarray] | None = None  # (question index, offsets)
+
+
+def build_features(tokenizer, questions: list[SquadQuestion], max_seq_len: int, doc_stride: int,
+                   rng: random.Random, negatives_per_answerable: int = 1, progress=None,
+                   keep_offsets: bool = False) -> list[TrainWindow]:
+    """Training windows for ``questions``, through the reader's own :func:`build_windows`.
+
+    Long contexts give many windows that hold no answer; an answerable question keeps at most
     ``negatives_per_answerable`` of them (chosen at random) so they do not swamp the data.
     """
     feats = []
@@ -86,7 +99,12 @@ def build_features(tokenizer, questions: list[SquadQuestion], max_seq_len: int, 
                     span = answer_token_positions(w.offsets[wi], start, start + len(text))
                     if span and span not in spans:
                         spans.append(span)
-                (pos if spans else neg).append((ids, tt, spans or [(0, 0)]))
+                source = None
+                if keep_offsets:
+                    offs = np.array([o if o is not None else (-1, -1) for o in w.offsets[wi][:n]],
+                                    dtype=np.int32)
+                    source = (i + p, offs)
+                (pos if spans else neg).append(TrainWindow(ids, tt, spans or [(0, 0)], source))
             if targets:
                 rng.shuffle(neg)
                 neg = neg[:negatives_per_answerable]
@@ -233,41 +251,50 @@ def evaluate(model, tokenizer, config: ReaderConfig, questions: list[SquadQuesti
     return {"em": 100 * em / n, "f1": 100 * f1 / n, "n": len(questions)}
 
 
-def collate(feats, batch, pad_id: int, device: str):
+def collate(feats: list[TrainWindow], batch: list[int], pad_id: int, device: str, teacher=None):
+    """Tensors for one batch, padded to its longest window; with ``teacher`` (the
+    :class:`qa.distill.TeacherCache` array) also the teacher's aligned logits."""
     import torch
 
-    width = max(len(feats[j][0]) for j in batch)
+    width = max(len(feats[j].input_ids) for j in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     tt = torch.zeros((len(batch), width), dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for r, j in enumerate(batch):
         f = feats[j]
-        n = len(f[0])
-        ids[r, :n] = torch.tensor(f[0])
-        if f[1] is not None:
-            tt[r, :n] = torch.tensor(f[1])
+        n = len(f.input_ids)
+        ids[r, :n] = torch.tensor(f.input_ids)
+        if f.token_type_ids is not None:
+            tt[r, :n] = torch.tensor(f.token_type_ids)
         mask[r, :n] = 1
-    k = max(len(feats[j][2]) for j in batch)
+    k = max(len(feats[j].spans) for j in batch)
     spans = torch.zeros((len(batch), k, 2), dtype=torch.long)
     span_mask = torch.zeros((len(batch), k), dtype=torch.bool)
     for r, j in enumerate(batch):
-        for c, (s, e) in enumerate(feats[j][2]):
+        for c, (s, e) in enumerate(feats[j].spans):
             spans[r, c, 0], spans[r, c, 1] = s, e
             span_mask[r, c] = True
     out = {"input_ids": ids, "attention_mask": mask, "spans": spans, "span_mask": span_mask}
-    if feats[batch[0]][1] is not None:
+    if feats[batch[0]].token_type_ids is not None:
         out["token_type_ids"] = tt
+    if teacher is not None:
+        out["teacher"] = torch.from_numpy(np.stack([teacher[j, :width] for j in batch]).astype(np.float32))
     return {k: v.to(device) for k, v in out.items()}
 
 
-def span_loss(model, batch):
+_NOT_INPUTS = ("spans", "span_mask", "teacher")
+
+
+def span_loss(model, batch, distill_alpha: float = 1.0, temperature: float = 2.0):
     """Negative log-likelihood of the gold spans, marginalised over all of them.
 
     With one gold span this is the usual (CE(start) + CE(end)) / 2; with several, a window is
-    right when it points at any of them. Padding can never be predicted."""
+    right when it points at any of them. Padding can never be predicted. When the batch holds
+    teacher logits and ``distill_alpha`` < 1, the loss is ``alpha * NLL + (1 - alpha) * KD``
+    (:func:`qa.distill.distill_loss`)."""
     import torch
 
-    inputs = {k: v for k, v in batch.items() if k not in ("spans", "span_mask")}
+    inputs = {k: v for k, v in batch.items() if k not in _NOT_INPUTS}
     out = model(**inputs)
     pad = batch["attention_mask"] == 0
     lp_s = out.start_logits.float().masked_fill(pad, -1e4).log_softmax(-1)
@@ -275,7 +302,11 @@ def span_loss(model, batch):
     spans = batch["spans"]
     joint = lp_s.gather(1, spans[..., 0]) + lp_e.gather(1, spans[..., 1])
     joint = joint.masked_fill(~batch["span_mask"], -1e4)
-    return (-torch.logsumexp(joint, dim=1) / 2).mean()
+    nll = (-torch.logsumexp(joint, dim=1) / 2).mean()
+    if "teacher" not in batch or distill_alpha >= 1.0:
+        return nll
+    kd = distill_loss(out.start_logits, out.end_logits, pad, batch["teacher"], temperature)
+    return distill_alpha * nll + (1 - distill_alpha) * kd
 
 
 def save_reader(model, tokenizer, config: ReaderConfig, out: Path, fp16: bool = True,
@@ -333,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--teacher", default=None,
+                    help="reader folder to distil from: its logits on every window become soft "
+                         "targets (computed once into <out>/teacher/, resumable)")
+    ap.add_argument("--distill-alpha", type=float, default=0.5,
+                    help="with --teacher: loss = alpha * gold NLL + (1 - alpha) * KD")
+    ap.add_argument("--distill-temperature", type=float, default=2.0)
     args = ap.parse_args(argv)
 
     import torch
@@ -371,8 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     with tqdm(total=len(train_qs), desc="features", file=sys.stdout, mininterval=10) as bar:
         feats = build_features(tokenizer, train_qs, args.max_seq_len, args.doc_stride, rng,
-                               progress=bar)
+                               progress=bar, keep_offsets=bool(args.teacher))
     print(f"[data] {len(feats)} windows from {len(train_qs)} questions in {time.time()-t0:.0f}s", flush=True)
+    teacher = None
+    if args.teacher:
+        cache = TeacherCache(out / "teacher", len(feats), args.max_seq_len, fingerprint(feats),
+                             teacher=str(args.teacher))
+        fill_teacher_cache(cache, args.teacher, feats, train_qs, device)
+        teacher = cache.logits
     dev_qs = questions_of(load_squad(args.dev)) if args.dev else []
     dev_sub = random.Random(args.seed).sample(dev_qs, min(args.eval_limit, len(dev_qs)))
 
@@ -394,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[resume] from step {step}", flush=True)
 
     # The batch order is a function of the seed alone, so a resumed run replays it exactly.
-    lengths = [len(f[0]) for f in feats]
+    lengths = [len(f.input_ids) for f in feats]
     order_rng = random.Random(args.seed + 1)
     plan = []
     while len(plan) < total:
@@ -406,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start, seen = time.time(), 0
     bar = tqdm(total=total, initial=step, desc="train", file=sys.stdout, mininterval=30)
     while step < total:
-        batch = collate(feats, plan[step], pad_id, device)
-        loss = span_loss(model, batch)
+        batch = collate(feats, plan[step], pad_id, device, teacher)
+        loss = span_loss(model, batch, args.distill_alpha, args.distill_temperature)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
@@ -440,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
                      "train": [Path(t).name for t in args.train], "steps": total, "windows": len(feats),
                      "minutes": round(minutes, 1), "device": device, "seed": args.seed,
                      "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
-                     "wrong_doc_frac": args.wrong_doc_frac, "layer_decay": args.layer_decay}})
+                     "wrong_doc_frac": args.wrong_doc_frac, "layer_decay": args.layer_decay,
+                     **({"teacher": str(args.teacher), "distill_alpha": args.distill_alpha,
+                         "distill_temperature": args.distill_temperature} if args.teacher else {})}})
     print(f"[done] {total} steps in {minutes:.1f} min; model in {out / 'model'}", flush=True)
     return 0
 

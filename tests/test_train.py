@@ -14,13 +14,12 @@ def test_labels_cover_exactly_the_answer(tiny_reader):
     start = CTX.index("Lena Ruiz")
     q = SquadQuestion("1", "Who opened the bridge?", CTX, "t", 0, [("Lena Ruiz", start)])
     feats = build_features(tok, [q], max_seq_len=64, doc_stride=24, rng=random.Random(0))
-    pos = [f for f in feats if f[2] != [(0, 0)]]
-    neg = [f for f in feats if f[2] == [(0, 0)]]
+    pos = [f for f in feats if f.spans != [(0, 0)]]
+    neg = [f for f in feats if f.spans == [(0, 0)]]
     assert pos and len(neg) <= 1  # at most one no-answer window per answerable question
     # the labelled tokens decode to the answer
-    ids, _tt, spans = pos[0]
-    s, e = spans[0]
-    assert tok.decode(ids[s:e + 1]).lower() == "lena ruiz"
+    s, e = pos[0].spans[0]
+    assert tok.decode(pos[0].input_ids[s:e + 1]).lower() == "lena ruiz"
 
 
 def test_every_distinct_gold_answer_is_a_target_majority_first(tiny_reader):
@@ -29,15 +28,15 @@ def test_every_distinct_gold_answer_is_a_target_majority_first(tiny_reader):
     q = SquadQuestion("1", "Who opened the bridge?", CTX, "t", 0,
                       [("Mayor Lena Ruiz", full), ("Lena Ruiz", short), ("Lena Ruiz", short)])
     feats = build_features(tok, [q], max_seq_len=64, doc_stride=24, rng=random.Random(0))
-    ids, _tt, spans = next(f for f in feats if f[2] != [(0, 0)])
-    texts = [tok.decode(ids[s:e + 1]).lower() for s, e in spans]
+    w = next(f for f in feats if f.spans != [(0, 0)])
+    texts = [tok.decode(w.input_ids[s:e + 1]).lower() for s, e in w.spans]
     assert texts == ["lena ruiz", "mayor lena ruiz"]
 
 
 def test_unanswerable_questions_point_every_window_at_no_answer(tiny_reader):
     q = SquadQuestion("2", "Who painted it?", CTX, "t", 0, [])
     feats = build_features(tiny_reader.tokenizer, [q], 64, 24, random.Random(0))
-    assert len(feats) > 3 and all(f[2] == [(0, 0)] for f in feats)
+    assert len(feats) > 3 and all(f.spans == [(0, 0)] for f in feats)
 
 
 def test_span_loss_is_the_usual_loss_for_one_gold_and_lower_with_more(tiny_reader):
@@ -47,15 +46,15 @@ def test_span_loss_is_the_usual_loss_for_one_gold_and_lower_with_more(tiny_reade
     tok = tiny_reader.tokenizer
     q = SquadQuestion("1", "Who opened the bridge?", CTX, "t", 0, [("Lena Ruiz", CTX.index("Lena Ruiz"))])
     feats = build_features(tok, [q], 64, 24, random.Random(0))
-    pos = next(f for f in feats if f[2] != [(0, 0)])
+    pos = next(f for f in feats if f.spans != [(0, 0)])
     one = collate([pos], [0], tok.pad_token_id, "cpu")
-    s, e = pos[2][0]
+    s, e = pos.spans[0]
     with torch.no_grad():
         ours = span_loss(model, one).item()
         inputs = {k: v for k, v in one.items() if k not in ("spans", "span_mask")}
         hf = model(**inputs, start_positions=torch.tensor([s]), end_positions=torch.tensor([e])).loss.item()
         # adding a second acceptable span can only make the window more likely to be right
-        two = collate([(pos[0], pos[1], [(s, e), (s - 1, e)])], [0], tok.pad_token_id, "cpu")
+        two = collate([pos._replace(spans=[(s, e), (s - 1, e)])], [0], tok.pad_token_id, "cpu")
         both = span_loss(model, two).item()
     assert abs(ours - hf) < 1e-4  # no padding in a one-window batch, so the masks change nothing
     assert both < ours
