@@ -41,8 +41,7 @@ def align_to_student(student_offsets: np.ndarray, teacher_offsets: list, teacher
     n = len(student_offsets)
     out = np.full((n, 2), MASKED, dtype=np.float32)
     out[0] = teacher_start[0], teacher_end[0]
-    spans = [(i, s, e) for i, o in enumerate(teacher_offsets) if o is not None
-             for s, e in [o] if e > s]
+    spans = [(i, *o) for i, o in enumerate(teacher_offsets) if o is not None and o[1] > o[0]]
     if not spans:
         return out
     last = max(e for _, _, e in spans)
@@ -88,9 +87,7 @@ class TeacherCache:
                 "width": width, "fingerprint": fingerprint, "done": 0}
         if self.meta_path.exists() and self.path.exists():
             old = json.loads(self.meta_path.read_text())
-            same = {k: old.get(k) for k in meta if k != "done"} == {k: v for k, v in meta.items()
-                                                                    if k != "done"}
-            if same:
+            if {**old, "done": 0} == meta:  # same teacher, format and data: resume
                 meta["done"] = int(old["done"])
         if meta["done"] == 0:
             np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float16,
@@ -121,45 +118,38 @@ def fingerprint(feats) -> str:
     return h.hexdigest()[:16]
 
 
-def fill_teacher_cache(cache: TeacherCache, teacher_dir: str, feats, questions, device: str,
+def fill_teacher_cache(cache: TeacherCache, teacher: str, feats, questions, device: str,
                        batch_size: int = 32, save_every: int = 20) -> None:
-    """Run the teacher over every window not yet done (shortest first, little padding)."""
+    """Run the teacher over every window not yet done (shortest first, little padding).
+
+    The teacher is an :class:`qa.reader.ExtractiveReader` (so it loads, and fails on a bad
+    path, as any reader does) and reads through its :meth:`window_logits`, with windows wide
+    enough (512 tokens) that each student window's text is one teacher window."""
     if cache.complete:
         print(f"[teacher] reusing {cache.path} ({cache.meta['n_windows']} windows)", flush=True)
         return
-    import torch
     from tqdm import tqdm
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(teacher_dir)
-    model = AutoModelForQuestionAnswering.from_pretrained(teacher_dir, dtype=torch.float32)
-    model.to(device).eval()
-    limit = getattr(model.config, "max_position_embeddings", 512) - 2
+    from qa.reader import ExtractiveReader
+
+    reader = ExtractiveReader(teacher, device=device, max_seq_len=512, doc_stride=128)
     order = sorted(range(len(feats)), key=lambda j: (len(feats[j].input_ids), j))
     done = cache.meta["done"]
     bar = tqdm(total=len(order), initial=done, desc="teacher logits", file=sys.stdout, mininterval=30)
     batches = 0
     while done < len(order):
         idx = order[done:done + batch_size]
-        qs, texts, bases = [], [], []
-        for j in idx:
-            qi, offs = feats[j].source
-            c0, c1 = context_char_span(offs) or (0, 0)
-            qs.append(questions[qi].question.lstrip())
-            texts.append(questions[qi].context[c0:c1])
-            bases.append(c0)
-        enc = tok(qs, texts, truncation="only_second", max_length=limit, padding="longest",
-                  return_offsets_mapping=True, return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in enc.items() if k != "offset_mapping"}
-        with torch.inference_mode():
-            out = model(**inputs)
-        st = out.start_logits.float().cpu().numpy()
-        en = out.end_logits.float().cpu().numpy()
+        spans = [context_char_span(feats[j].source[1]) or (0, 0) for j in idx]
+        qs = [questions[feats[j].source[0]] for j in idx]
+        windows, st, en = reader.window_logits([q.question for q in qs],
+                                               [q.context[c0:c1] for q, (c0, c1) in zip(qs, spans)])
+        first = {}
+        for w, pair in enumerate(windows.pair_index):
+            first.setdefault(pair, w)
         for r, j in enumerate(idx):
-            seq = enc.sequence_ids(r)
-            t_offs = [(int(a) + bases[r], int(b) + bases[r]) if s == 1 else None
-                      for s, (a, b) in zip(seq, enc["offset_mapping"][r].tolist())]
-            aligned = align_to_student(feats[j].source[1], t_offs, st[r], en[r])
+            w, c0 = first[r], spans[r][0]
+            t_offs = [None if o is None else (o[0] + c0, o[1] + c0) for o in windows.offsets[w]]
+            aligned = align_to_student(feats[j].source[1], t_offs, st[w], en[w])
             cache.logits[j, :len(aligned)] = aligned
         done += len(idx)
         batches += 1

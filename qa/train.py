@@ -61,8 +61,8 @@ def gold_targets(q: SquadQuestion) -> list[tuple[str, int]]:
 class TrainWindow(NamedTuple):
     """One training window. ``spans`` lists the (start, end) token positions of every gold
     answer the window holds whole, the majority answer first, or ``[(0, 0)]`` (no answer).
-    ``offsets`` ((n, 2) passage characters per token, -1 outside the passage) is kept only
-    for distillation, where the teacher reads the same text."""
+    ``source`` (the question's index, and the (n, 2) passage characters of each token, -1
+    outside the passage) is kept only for distillation, where the teacher reads the same text."""
 
     input_ids: list[int]
     token_type_ids: list[int] | None
