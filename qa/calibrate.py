@@ -95,7 +95,8 @@ def choose_length_penalty(reader, articles: list[SquadArticle], penalties: list[
           if not q.is_impossible][:limit]
     print(f"length penalty: reading {len(qs)} answerable questions once, decoding "
           f"{len(penalties)} ways", flush=True)
-    windows, start, end = reader.window_logits([q.question for q, _ in qs], [p for _, p in qs])
+    windows, start, end = reader.window_logits([q.question for q, _ in qs], [p for _, p in qs],
+                                               progress=True)
     cfg = reader.config
     table = length_penalty_scores(start, end, windows.offsets, windows.pair_index,
                                   [p for _, p in qs], [q.gold_texts for q, _ in qs], penalties,

@@ -1,6 +1,7 @@
 """The ``spanqa`` command: a thin CLI over :class:`qa.DocumentQA`.
 
-Subcommands here: ``index``, ``ask``, ``chat``, ``train-reader``, ``calibrate-reader``.
+Subcommands here: ``index``, ``ask``, ``chat``, ``train-reader``, ``calibrate-reader``,
+``pack-reader``.
 Packages that build on ``qa`` add their own through the entry-point group
 ``spanqa.commands`` (``ui`` adds ``serve``, ``eval`` adds ``eval``), so ``qa`` never imports
 them. Bad input ends in one line on stderr and exit status 2, never a traceback.
@@ -131,6 +132,17 @@ def cmd_chat(args) -> int:
         print()
 
 
+def cmd_pack_reader(args) -> int:
+    from qa.packed import pack_reader
+
+    meta = pack_reader(args.model, args.base, args.rank, args.out, args.keep_embeddings)
+    size = sum(f.stat().st_size for f in __import__("pathlib").Path(args.out).iterdir())
+    print(f"{args.out}: rank-{args.rank} delta over {args.base}, {len(meta['lowrank'])} low-rank "
+          f"matrices (mean relative error {meta['mean_relative_error']:.3f}), "
+          f"{size / 1e6:.1f} MB in all")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="spanqa", description="Answer questions with spans copied from your documents.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -156,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_options(p)
     p.add_argument("--top-k", type=int, default=3)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("pack-reader", help="ship a reader as a low-rank delta over a pip-shipped "
+                       "base (qa/packed.py)")
+    p.add_argument("model", help="a trained QA model folder (from train-reader)")
+    p.add_argument("--base", required=True, help="the base it was trained from, e.g. all-mpnet-base-v2")
+    p.add_argument("--rank", type=int, default=64)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--keep-embeddings", action="store_true",
+                   help="also store the embedding tables' delta (default: leave them at the base)")
+    p.set_defaults(func=cmd_pack_reader)
 
     # Listed for --help; main() hands their arguments to their own parsers.
     sub.add_parser("train-reader", help="train an extractive reader (qa/train.py)", add_help=False)

@@ -22,8 +22,12 @@ from qa.calibration import Calibration
 from qa.decoding import decode_windows, drop_overlaps, min_null_logit
 from qa.errors import ModelNotFoundError
 from qa.features import build_windows
+from qa.packed import is_packed, load_packed
 
-DEFAULT_READER_DIR = Path(__file__).resolve().parent / "models" / "reader"
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_READER_DIR = MODELS_DIR / "reader"
+# Readers that ship with spanqa, by the name ``--reader`` takes (see qa/models/*/README.md).
+BUNDLED_READERS = {"default": DEFAULT_READER_DIR, "fast": MODELS_DIR / "reader-fast"}
 READER_CONFIG_FILE = "spanqa_reader.json"
 
 
@@ -75,14 +79,17 @@ class ReaderResult:
 
 
 def resolve_model_path(model: str | Path | None) -> str:
-    """The default reader, an existing local folder, or a hub-id-looking string."""
-    if model is None or str(model) == "default":
-        if not (DEFAULT_READER_DIR / "config.json").exists():
+    """A bundled reader's name (``default``, ``fast``), an existing local folder, or a
+    hub-id-looking string. A local folder wins over a bundled name."""
+    name = "default" if model is None else str(model)
+    if name in BUNDLED_READERS and not Path(name).exists():
+        folder = BUNDLED_READERS[name]
+        if not (folder / "config.json").exists():
             raise ModelNotFoundError(
-                f"The bundled reader is missing from {DEFAULT_READER_DIR}; reinstall spanqa "
+                f"The bundled reader {name!r} is missing from {folder}; reinstall spanqa "
                 "or pass --reader PATH."
             )
-        return str(DEFAULT_READER_DIR)
+        return str(folder)
     p = Path(model).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():
@@ -131,10 +138,14 @@ class ExtractiveReader:
             import torch
             from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-            path = resolve_model_path(None if self.model_name == "default" else self.model_name)
+            path = resolve_model_path(self.model_name)
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path)
-                model = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch.float32)
+                if is_packed(path):  # a low-rank delta over a pip-shipped base (qa/packed.py)
+                    model = load_packed(path)
+                else:
+                    model = AutoModelForQuestionAnswering.from_pretrained(
+                        path, dtype=torch.float32)
             except (OSError, ValueError) as exc:
                 raise ModelNotFoundError(
                     f"Could not load a question-answering model from {self.model_name!r}: "
@@ -156,14 +167,16 @@ class ExtractiveReader:
             model.to(self.device).eval()
             self.tokenizer, self.model = tokenizer, model
 
-    def _logits(self, windows) -> tuple[np.ndarray, np.ndarray]:
+    def _logits(self, windows, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         import torch
+        from tqdm.auto import tqdm
 
         bs = self.config.batch_size
         starts, ends = [], []
         inputs = windows.model_inputs()
         with torch.inference_mode():
-            for i in range(0, len(windows), bs):
+            for i in tqdm(range(0, len(windows), bs), desc="reading", unit="batch",
+                          disable=not progress, mininterval=5):
                 mask = inputs["attention_mask"][i:i + bs]
                 width = int(mask.sum(1).max())
                 batch = {k: torch.from_numpy(v[i:i + bs, :width]).to(self.device)
@@ -176,7 +189,7 @@ class ExtractiveReader:
                 ends.append(np.pad(e, ((0, 0), (0, pad)), constant_values=-1e4))
         return np.concatenate(starts), np.concatenate(ends)
 
-    def window_logits(self, questions: list[str], passages: list[str]):
+    def window_logits(self, questions: list[str], passages: list[str], progress: bool = False):
         """``(windows, start_logits, end_logits)`` for (question, passage) pairs: the model's raw
         output before span decoding (calibration decodes it several ways)."""
         self.warm_up()
@@ -184,7 +197,7 @@ class ExtractiveReader:
         with self._use_lock:
             windows = build_windows(self.tokenizer, questions, passages, cfg.max_seq_len,
                                     cfg.doc_stride)
-            start, end = self._logits(windows)
+            start, end = self._logits(windows, progress)
         return windows, start, end
 
     def predict(self, question: str, passages: list[str], top_k: int = 5,

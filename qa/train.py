@@ -31,6 +31,7 @@ import numpy as np
 from qa.distill import TeacherCache, distill_loss, fill_teacher_cache, fingerprint
 from qa.features import answer_token_positions, build_windows
 from qa.metrics import score
+from qa.packed import resolve_base
 from qa.reader import READER_CONFIG_FILE, ExtractiveReader, ReaderConfig
 from qa.squad import SquadQuestion, load_squad, questions_of
 
@@ -339,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", nargs="+", required=True, help="SQuAD json files, each PATH[:WEIGHT]")
     ap.add_argument("--dev", help="SQuAD json to evaluate on as training goes")
     ap.add_argument("--out", required=True, help="run folder: log, checkpoints, final model")
-    ap.add_argument("--base", default=None, help="encoder to start from (default: all-MiniLM-L6-v2)")
+    ap.add_argument("--base", default=None, help="encoder to start from: a folder, a hub id, or all-mpnet-base-v2 "
+                    "(from its pip packages) (default: all-MiniLM-L6-v2)")
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--doc-stride", type=int, default=96)
     ap.add_argument("--epochs", type=float, default=1.0)
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = out / "checkpoint"
     (out / "args.json").write_text(json.dumps(vars(args), indent=2))
 
-    base = args.base or default_base_model()
+    base = resolve_base(args.base) if args.base else default_base_model()
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForQuestionAnswering.from_pretrained(
         str(ckpt) if args.resume and ckpt.exists() else base, attn_implementation="eager",

