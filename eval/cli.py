@@ -14,7 +14,8 @@ def register(sub) -> None:
                        description="Evaluate spanqa over SQuAD json (v1.1 or v2.0).")
     p.add_argument("data", nargs="?", help="SQuAD json file")
     p.add_argument("--out", help="run folder to write (predictions, metrics, report)")
-    p.add_argument("--reader", default=None, help="QA model folder or hub id (default: bundled)")
+    p.add_argument("--reader", default=None,
+                   help="bundled reader name (default, fast), QA model folder or hub id")
     p.add_argument("--scope", choices=["article", "corpus"], default="article")
     p.add_argument("--top-k", "--passages", dest="passages", type=int, default=3,
                    help="passages retrieved per question (default 3)")

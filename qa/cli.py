@@ -37,7 +37,7 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--doc", metavar="PATH", action="append",
                    help="a document to index on the fly (repeat for several)")
     p.add_argument("--reader", metavar="PATH", default=None,
-                   help="QA model folder or hub id (default: the bundled reader)")
+                   help="bundled reader name (default, fast), QA model folder or hub id")
     p.add_argument("--passages", type=int, default=3, help="passages the reader reads (default 3)")
     p.add_argument("--threshold", type=float, default=None,
                    help="abstain below this confidence (default: the reader's calibrated one)")

@@ -1,12 +1,14 @@
-"""The reader that ships inside the package: loads offline, answers the bundled article, and
-abstains when the article does not hold the answer."""
+"""The readers that ship inside the package (``default``: the 12-layer reader packed over the
+pip-installed all-mpnet-base-v2; ``fast``: the 6-layer MiniLM reader): each loads offline,
+answers the bundled article, and abstains when the article does not hold the answer."""
 import json
 
 import pytest
 
 from qa.metrics import score
 from qa.pipeline import DocumentQA
-from qa.reader import DEFAULT_READER_DIR, READER_CONFIG_FILE
+from qa.packed import DELTA_CONFIG_FILE, DELTA_WEIGHTS_FILE
+from qa.reader import BUNDLED_READERS, READER_CONFIG_FILE
 
 # Our own questions, written for this test (the eval set holds others).
 ANSWERABLE = [
@@ -24,18 +26,29 @@ UNANSWERABLE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def qa():
-    q = DocumentQA.default()
+@pytest.fixture(scope="module", params=["default", "fast"])
+def qa(request):
+    q = DocumentQA.default(reader=None if request.param == "default" else request.param)
     q.warm_up()
     return q
 
 
-def test_the_bundled_reader_is_self_describing():
-    cfg = json.loads((DEFAULT_READER_DIR / READER_CONFIG_FILE).read_text())
+@pytest.mark.parametrize("name", ["default", "fast"])
+def test_the_bundled_readers_are_self_describing_and_small(name):
+    folder = BUNDLED_READERS[name]
+    cfg = json.loads((folder / READER_CONFIG_FILE).read_text())
     assert 0 < cfg["calibration"]["threshold"] < 1
-    assert (DEFAULT_READER_DIR / "model.safetensors").stat().st_size < 60_000_000
-    assert (DEFAULT_READER_DIR / "README.md").exists()
+    assert (folder / "README.md").exists()
+    weights = [f for f in folder.iterdir() if f.suffix == ".safetensors"]
+    assert weights and sum(f.stat().st_size for f in weights) < 60_000_000
+
+
+def test_the_default_reader_is_a_delta_over_its_pip_shipped_base():
+    folder = BUNDLED_READERS["default"]
+    meta = json.loads((folder / DELTA_CONFIG_FILE).read_text())
+    assert meta["base"] == "all-mpnet-base-v2" and meta["base_sha256"]
+    assert (folder / DELTA_WEIGHTS_FILE).is_file()
+    assert not (folder / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("question,golds", ANSWERABLE)

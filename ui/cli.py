@@ -7,7 +7,8 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--index", metavar="DIR", help="a saved index")
     g.add_argument("--doc", metavar="PATH", action="append", help="a document (repeat for several)")
-    p.add_argument("--reader", default=None, help="QA model folder or hub id (default: bundled)")
+    p.add_argument("--reader", default=None,
+                   help="bundled reader name (default, fast), QA model folder or hub id")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--concurrency", type=int, default=2, help="questions answered at once")
