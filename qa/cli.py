@@ -36,7 +36,7 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--index", metavar="DIR", help="a saved index (from `spanqa index`)")
     g.add_argument("--doc", metavar="PATH", action="append",
                    help="a document to index on the fly (repeat for several)")
-    p.add_argument("--reader", metavar="PATH", default=None,
+    p.add_argument("--reader", metavar="NAME|PATH", default=None,
                    help="bundled reader name (default, fast), QA model folder or hub id")
     p.add_argument("--passages", type=int, default=3, help="passages the reader reads (default 3)")
     p.add_argument("--threshold", type=float, default=None,
@@ -133,10 +133,12 @@ def cmd_chat(args) -> int:
 
 
 def cmd_pack_reader(args) -> int:
+    from pathlib import Path
+
     from qa.packed import pack_reader
 
     meta = pack_reader(args.model, args.base, args.rank, args.out, args.keep_embeddings)
-    size = sum(f.stat().st_size for f in __import__("pathlib").Path(args.out).iterdir())
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir())
     print(f"{args.out}: rank-{args.rank} delta over {args.base}, {len(meta['lowrank'])} low-rank "
           f"matrices (mean relative error {meta['mean_relative_error']:.3f}), "
           f"{size / 1e6:.1f} MB in all")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from qa.errors import ModelNotFoundError
+from qa.errors import ModelNotFoundError, SpanQAError
 
 DELTA_CONFIG_FILE = "spanqa_delta.json"
 DELTA_WEIGHTS_FILE = "delta.safetensors"
@@ -214,7 +214,12 @@ def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
     model_dir, out = Path(model_dir), Path(out)
+    if rank < 1:
+        raise SpanQAError(f"--rank must be at least 1, not {rank}.")
     base_dir = Path(resolve_base(base))
+    for d, what in ((model_dir, "fine-tuned model"), (base_dir, "base model")):
+        if not (d / "model.safetensors").is_file():
+            raise ModelNotFoundError(f"No {what} at {d} (it has no model.safetensors).")
     tuned = load_file(str(model_dir / "model.safetensors"))
     base_sd = load_file(str(base_dir / "model.safetensors"))
     prefix = AutoModelForQuestionAnswering.from_config(

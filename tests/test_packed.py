@@ -120,3 +120,12 @@ def test_bundled_reader_names_resolve_to_their_folders(tmp_path, monkeypatch):
     (tmp_path / "fast").mkdir()
     (tmp_path / "fast" / "config.json").write_text("{}")
     assert resolve_model_path("fast") == "fast"
+
+
+def test_pack_reader_cli_reports_a_missing_model_in_one_line(tmp_path, capsys):
+    from qa.cli import main
+
+    assert main(["pack-reader", str(tmp_path / "nope"), "--base", str(tmp_path),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "No fine-tuned model at" in err and "Traceback" not in err
