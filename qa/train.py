@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", nargs="+", required=True, help="SQuAD json files, each PATH[:WEIGHT]")
     ap.add_argument("--dev", help="SQuAD json to evaluate on as training goes")
     ap.add_argument("--out", required=True, help="run folder: log, checkpoints, final model")
-    ap.add_argument("--base", default=None, help="encoder to start from: a folder, a hub id, or all-mpnet-base-v2 "
+    ap.add_argument("--base", default=None,
+                    help="encoder to start from: a folder, a hub id, or all-mpnet-base-v2 "
                     "(from its pip packages) (default: all-MiniLM-L6-v2)")
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--doc-stride", type=int, default=96)

@@ -28,7 +28,7 @@ UNANSWERABLE = [
 
 @pytest.fixture(scope="module", params=["default", "fast"])
 def qa(request):
-    q = DocumentQA.default(reader=None if request.param == "default" else request.param)
+    q = DocumentQA.default(reader=request.param)
     q.warm_up()
     return q
 
