@@ -19,7 +19,7 @@ import random
 import numpy as np
 from tqdm import tqdm
 
-from eval.runner import article_document
+from qa.squad import article_document
 from qa.metrics import score
 from qa.pipeline import DEFAULT_DOCUMENT, DocumentQA, shared_reader
 from qa.squad import load_squad

@@ -1,52 +1,105 @@
 """Retrieval benchmark: how often the passage holding a gold answer is in the top k.
 
-    python -m eval.bench_retrieval [DATA.json] [--modes dense hybrid]
+    python -m eval.bench_retrieval [DATA.json] [--embedders all-MiniLM-L6-v2 spanqa-retriever]
+                                   [--modes dense lexical hybrid] [--scopes article corpus]
 
-One index per article (the chatbot's one-document setting); prints recall@1/3/5/10 and MRR
-per retrieval mode. No reader involved, so it runs in about a minute on 2 cores.
+One table: recall@1/3/5/10, MRR@10 and query time for every embedder × mode × scope
+(``article``: one index per article, the chatbot's one-document setting; ``corpus``: one
+index over all articles). No reader involved. DATA defaults to the shared dev set, wherever
+the command runs from.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from eval.runner import article_document, gold_spans
+from index.embedder import BASE_EMBEDDER, DEFAULT_EMBEDDER, shared_embedder
 from index.store import DocumentStore
-from qa.retriever import Retriever
-from qa.squad import load_squad
+from qa.retriever import MODES, FusionConfig, Retriever
+from qa.squad import SquadArticle, article_document, gold_spans, load_squad, shared_data
 
-DEFAULT_DATA = "../shared/data/qa/dev/squad_dev_5_articles.json"
-
-
-def gold_ranks(data: str, mode: str) -> list[int | None]:
-    ranks = []
-    for ai, art in enumerate(load_squad(data)):
-        doc, starts = article_document(art, f"a{ai}")
-        store = DocumentStore()
-        store.add([doc])
-        qs = [q for q in art.questions if q.answers]
-        found = Retriever(store, top_k=10, mode=mode).retrieve_many([q.question for q in qs])
-        for q, passages in zip(qs, found):
-            golds = gold_spans(q, starts[q.paragraph])
-            ranks.append(next((p.rank for p in passages if any(
-                p.chunk.start <= s and e <= p.chunk.end for s, e in golds)), None))
-    return ranks
+KS = (1, 3, 5, 10)
 
 
-def main() -> None:
+def default_dev() -> str:
+    return str(shared_data("qa", "dev", "squad_dev_5_articles.json"))
+
+
+@dataclass
+class Indexed:
+    """Stores over a question set's articles, and each answerable question's gold spans."""
+
+    stores: list[DocumentStore]
+    questions: list[list[tuple[str, list[tuple[str, int, int]]]]]  # per store: (q, golds)
+    index_seconds: float
+    n_chunks: int
+
+
+def build(articles: list[SquadArticle], embedder_name: str, scope: str) -> Indexed:
+    emb = shared_embedder(embedder_name)
+    emb.warm_up()
+    t = time.perf_counter()
+    docs = [article_document(a, f"a{i}") for i, a in enumerate(articles)]
+    per_art = [[(q.question, [(doc.id, s, e) for s, e in gold_spans(q, starts[q.paragraph])])
+                for q in a.questions if q.answers] for a, (doc, starts) in zip(articles, docs)]
+    if scope == "corpus":
+        store = DocumentStore(emb)
+        store.add([d for d, _ in docs])
+        stores, questions = [store], [[q for qs in per_art for q in qs]]
+    else:
+        stores = []
+        for doc, _ in docs:
+            stores.append(DocumentStore(emb))
+            stores[-1].add([doc])
+        questions = per_art
+    for s in stores:  # build both searches now, so query time is query time
+        s.index, s.lexical
+    return Indexed(stores, questions, time.perf_counter() - t, sum(len(s) for s in stores))
+
+
+def ranks(ix: Indexed, mode: str, fusion: FusionConfig | None = None) -> tuple[list, float]:
+    """Rank of the gold passage per question (None: not in the top 10), and ms per query."""
+    out, t = [], time.perf_counter()
+    for store, qs in zip(ix.stores, ix.questions):
+        found = Retriever(store, top_k=max(KS), mode=mode, fusion=fusion).retrieve_many(
+            [q for q, _ in qs])
+        for (_, golds), passages in zip(qs, found):
+            out.append(next((p.rank for p in passages if any(
+                p.chunk.doc_id == d and p.chunk.start <= s and e <= p.chunk.end
+                for d, s, e in golds)), None))
+    return out, (time.perf_counter() - t) * 1000 / max(len(out), 1)
+
+
+def summary(rs: list) -> dict:
+    m = {f"R@{k}": 100 * float(np.mean([r is not None and r <= k for r in rs])) for k in KS}
+    m["MRR"] = float(np.mean([1 / r if r else 0 for r in rs]))
+    return m
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data", nargs="?", default=DEFAULT_DATA)
-    ap.add_argument("--modes", nargs="+", default=["dense", "hybrid"])
-    args = ap.parse_args()
-    print(f"{'mode':<8}" + "".join(f"{'R@' + str(k):>8}" for k in (1, 3, 5, 10)) + f"{'MRR':>8}{'n':>6}{'s':>6}")
-    for mode in args.modes:
-        t = time.time()
-        ranks = gold_ranks(args.data, mode)
-        rec = [100 * np.mean([r is not None and r <= k for r in ranks]) for k in (1, 3, 5, 10)]
-        mrr = np.mean([1 / r if r else 0 for r in ranks])
-        print(f"{mode:<8}" + "".join(f"{v:>8.1f}" for v in rec) + f"{mrr:>8.3f}{len(ranks):>6}{time.time() - t:>6.0f}")
+    ap.add_argument("data", nargs="?", default=None, help="SQuAD json (default: the dev set)")
+    ap.add_argument("--embedders", nargs="+", default=sorted({BASE_EMBEDDER, DEFAULT_EMBEDDER}))
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=["dense", "lexical", "hybrid"])
+    ap.add_argument("--scopes", nargs="+", choices=["article", "corpus"], default=["article"])
+    args = ap.parse_args(argv)
+    articles = load_squad(args.data or default_dev())
+    head = f"| {'embedder':<18} | {'scope':<7} | {'mode':<7} |" + "".join(
+        f" {k:>5} |" for k in [f"R@{k}" for k in KS] + ["MRR"]) + " ms/q | chunks/s |"
+    print(head)
+    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    for name in args.embedders:
+        for scope in args.scopes:
+            ix = build(articles, name, scope)
+            for mode in args.modes:
+                rs, ms = ranks(ix, mode)
+                m = summary(rs)
+                print(f"| {name:<18} | {scope:<7} | {mode:<7} |" + "".join(
+                    f" {m[k]:>5.1f} |" for k in [f"R@{k}" for k in KS]) + f" {m['MRR']:.3f} |"
+                    f" {ms:4.1f} | {ix.n_chunks / ix.index_seconds:8.0f} |", flush=True)
 
 
 if __name__ == "__main__":

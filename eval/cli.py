@@ -62,7 +62,7 @@ def run(args) -> int:
     report = write_report(out, rows, metrics, config)
     show = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.items()
             if k in ("n", "em", "f1", "has_ans_f1", "no_ans_acc", "abstain_rate", "abstain_recall",
-                     "recall@1", "recall@3", "mrr", "ece", "seconds")}
+                     "recall@1", "recall@3", "recall@5", "recall@10", "mrr", "ece", "seconds")}
     print(json.dumps(show))
     for k in ("latency_ms", "single_ask_ms"):
         if k in metrics:

@@ -3,7 +3,9 @@
 Per question (see :func:`eval.runner.evaluate`): ``golds`` (empty = unanswerable),
 ``prediction`` (empty = abstained), ``best_text``/``best_score`` (the top span whatever the
 threshold), ``em``/``f1``, ``gold_rank`` (rank of the first retrieved passage holding a gold
-answer, None if none did or retrieval was skipped), ``latency_ms``.
+answer, None if none did or retrieval was skipped), ``retrieval_rank`` (the same among the
+top ``RANK_DEPTH`` passages the retriever ranks for the question, whatever the reader read),
+``latency_ms``.
 """
 from __future__ import annotations
 
@@ -37,8 +39,14 @@ def summarize(rows: list[dict], seconds: float | None = None) -> dict:
         "abstain_precision": 100 * sum(not r["golds"] for r in abstained) / len(abstained) if abstained else None,
         "abstain_recall": 100 * sum(r["prediction"] == "" for r in no) / len(no) if no else None,
     }
+    deep = [r for r in has if "retrieval_rank" in r]
     ranked = [r for r in has if "gold_rank" in r and r.get("retrieved")]
-    if ranked:
+    if deep:  # ranked to RANK_DEPTH: recall@1/3/5/10 and MRR@10
+        for k in RECALL_KS:
+            m[f"recall@{k}"] = 100 * _mean(r["retrieval_rank"] is not None
+                                           and r["retrieval_rank"] <= k for r in deep)
+        m["mrr"] = _mean(1.0 / r["retrieval_rank"] if r["retrieval_rank"] else 0.0 for r in deep)
+    elif ranked:  # older runs: only the passages the reader read were ranked
         depth = max(len(r["retrieved"]) for r in ranked)  # recall@k beyond it is not measured
         for k in [k for k in RECALL_KS if k <= depth] or [depth]:
             m[f"recall@{k}"] = 100 * _mean(r["gold_rank"] is not None and r["gold_rank"] <= k for r in ranked)

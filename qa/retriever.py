@@ -1,84 +1,66 @@
 """Retriever: question → the top-k passages of a store.
 
-``mode="hybrid"`` (the default) fuses two rankings by reciprocal rank fusion (RRF, k=60):
-the store's dense FAISS search (meaning) and BM25 over the same chunks (exact words: names,
-numbers, rare terms that sentence embeddings blur). Measured on the shared dev set
-(``eval/bench_retrieval.py``), hybrid finds the gold passage in the top 3 markedly more often
-than dense alone. ``mode="dense"`` uses FAISS only. Each passage's ``score`` is its cosine
-similarity to the question; its ``rank`` is its place after fusion.
+``mode="hybrid"`` (the default) fuses the store's two searches by weighted reciprocal rank
+fusion: dense FAISS search (meaning) and BM25 (exact words: names, numbers, rare terms that
+sentence embeddings blur). Each search contributes ``weight / (rrf_k + rank)`` for the
+chunks in its top ``pool``; the fused order decides. ``mode="dense"`` and ``mode="lexical"``
+use one search alone. Each passage's ``score`` is its cosine similarity to the question (the
+confidence model reads it); its ``rank`` is its place after fusion.
+
+The fusion settings are a :class:`FusionConfig`, chosen on held-out training articles by
+``python -m eval.tune_retrieval`` (never on the dev set); the defaults below are its choice.
 """
 from __future__ import annotations
 
-import math
-import re
-from collections import Counter
-
-import numpy as np
+from dataclasses import asdict, dataclass
 
 from index.store import DocumentStore
 from qa.types import Passage
 
 DEFAULT_TOP_K = 3
-RRF_K = 60
-_WORD = re.compile(r"\w+", re.UNICODE)
-_STOP = frozenset("""a an and are as at be by did do does for from had has have he her his how i
-in is it its of on or she that the their them they this to was were what when where which who
-whom whose why will with you""".split())
+MODES = ("hybrid", "dense", "lexical")
 
 
-def words(text: str) -> list[str]:
-    return [w for w in _WORD.findall(text.lower()) if w not in _STOP]
+@dataclass(frozen=True)
+class FusionConfig:
+    """How the dense and lexical rankings are fused (weighted reciprocal rank fusion)."""
+
+    rrf_k: float = 60.0
+    dense_weight: float = 1.0
+    lexical_weight: float = 1.0
+    pool: int = 20  # candidates taken from each search (at least 4 × the passages asked for)
+
+    def __post_init__(self):
+        if not self.rrf_k >= 0 or not self.dense_weight >= 0 or not self.lexical_weight >= 0:
+            raise ValueError("rrf_k and the weights must be non-negative numbers")
+        if self.pool < 1:
+            raise ValueError("pool must be at least 1")
 
 
-class BM25:
-    """Okapi BM25 (k1=1.5, b=0.75) over a fixed list of texts."""
-
-    def __init__(self, texts: list[str], k1: float = 1.5, b: float = 0.75):
-        self.k1, self.b = k1, b
-        self.tfs = [Counter(words(t)) for t in texts]
-        self.lens = np.array([sum(tf.values()) for tf in self.tfs], dtype=np.float64)
-        self.avg = float(self.lens.mean()) if len(texts) else 1.0
-        df = Counter(w for tf in self.tfs for w in tf)
-        n = len(texts)
-        self.idf = {w: math.log(1 + (n - f + 0.5) / (f + 0.5)) for w, f in df.items()}
-        self.postings: dict[str, list[int]] = {}
-        for i, tf in enumerate(self.tfs):
-            for w in tf:
-                self.postings.setdefault(w, []).append(i)
-
-    def scores(self, query: str) -> np.ndarray:
-        out = np.zeros(len(self.tfs))
-        for w in set(words(query)):
-            idf = self.idf.get(w)
-            if idf is None:
-                continue
-            for i in self.postings[w]:
-                tf = self.tfs[i][w]
-                out[i] += idf * tf * (self.k1 + 1) / (
-                    tf + self.k1 * (1 - self.b + self.b * self.lens[i] / self.avg))
-        return out
+def fuse(rankings: list[list[int]], weights: list[float], rrf_k: float) -> list[int]:
+    """Items of several best-first rankings in weighted-RRF order (ties keep first-seen order)."""
+    fused: dict[int, float] = {}
+    for ranking, w in zip(rankings, weights):
+        for r, item in enumerate(ranking):
+            fused[item] = fused.get(item, 0.0) + w / (rrf_k + r + 1)
+    return sorted(fused, key=lambda i: -fused[i])
 
 
 class Retriever:
-    def __init__(self, store: DocumentStore, top_k: int = DEFAULT_TOP_K, mode: str = "hybrid"):
-        if mode not in ("hybrid", "dense"):
-            raise ValueError("mode must be 'hybrid' or 'dense'")
+    def __init__(self, store: DocumentStore, top_k: int = DEFAULT_TOP_K, mode: str = "hybrid",
+                 fusion: FusionConfig | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError("top_k must be a positive integer")
         self.store = store
         self.top_k = top_k
         self.mode = mode
-        self._lex: tuple[int, BM25, dict[str, int]] | None = None  # (store version, BM25, chunk row)
+        self.fusion = fusion or FusionConfig()
 
     def to_dict(self) -> dict:
         return {"type": "Retriever", "top_k": self.top_k, "mode": self.mode,
-                "store": self.store.to_dict()}
-
-    def _lexical(self) -> tuple[BM25, dict[str, int]]:
-        """BM25 over the store's chunks and each chunk's row, rebuilt when the store changes."""
-        if self._lex is None or self._lex[0] != self.store.version:
-            chunks = self.store.chunks
-            self._lex = (self.store.version, BM25([c.text for c in chunks]),
-                         {c.id: i for i, c in enumerate(chunks)})
-        return self._lex[1], self._lex[2]
+                "fusion": asdict(self.fusion), "store": self.store.to_dict()}
 
     def retrieve(self, question: str, top_k: int | None = None) -> list[Passage]:
         return self.retrieve_many([question], top_k)[0]
@@ -89,27 +71,22 @@ class Retriever:
             return []
         k = top_k or self.top_k
         vecs = self.store.embedder.embed(questions, progress=False)
-        if self.mode == "dense" or len(self.store) <= k:
-            hits = self.store.search(vecs, k)
-            ranked = [[(h.chunk, h.score) for h in row] for row in hits]
-        else:
-            pool = max(4 * k, 20)
-            dense = self.store.search(vecs, pool)
-            bm25, pos = self._lexical()
-            chunks = self.store.chunks
-            ranked = []
-            for q, v, row in zip(questions, vecs, dense):
-                fused: dict[int, float] = {}
-                for r, h in enumerate(row):
-                    i = pos[h.chunk.id]
-                    fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + r + 1)
-                lex = bm25.scores(q)
-                for r, i in enumerate(np.argsort(-lex, kind="stable")[:pool]):
-                    if lex[i] <= 0:
-                        break
-                    fused[int(i)] = fused.get(int(i), 0.0) + 1.0 / (RRF_K + r + 1)
-                best = sorted(fused, key=lambda i: -fused[i])[:k]
-                ranked.append([(chunks[i], float(self.store.vectors[i] @ v)) for i in best])
-        docs = self.store.documents
-        return [[Passage(c, s, r + 1, docs[c.doc_id].title) for r, (c, s) in enumerate(row)]
-                for row in ranked]
+        pool = max(self.fusion.pool, 4 * k)
+        rankings: list[list[list[int]]] = [[] for _ in questions]
+        weights = []
+        if self.mode in ("hybrid", "dense"):
+            for i, hits in enumerate(self.store.search(vecs, pool if self.mode == "hybrid" else k)):
+                rankings[i].append([h.row for h in hits])
+            weights.append(self.fusion.dense_weight)
+        if self.mode in ("hybrid", "lexical"):
+            for i, hits in enumerate(self.store.lexical_search(questions, pool)):
+                rankings[i].append([h.row for h in hits])
+            weights.append(self.fusion.lexical_weight)
+        chunks, docs = self.store.chunks, self.store.documents
+        out = []
+        for v, ranks in zip(vecs, rankings):
+            rows = fuse(ranks, weights, self.fusion.rrf_k)[:k]
+            sims = self.store.similarity(v, rows)
+            out.append([Passage(chunks[r], s, n + 1, docs[chunks[r].doc_id].title)
+                        for n, (r, s) in enumerate(zip(rows, sims))])
+        return out

@@ -2,10 +2,23 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from index.documents import Document, document_from_text, normalize_text
 from qa.errors import SpanQAError
+
+
+DATA_ENV = "SPANQA_DATA"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under the shared question sets: ``$SPANQA_DATA`` if set, else ``shared/data``
+    beside the repository checkout (where the benchmarks and training scripts expect it),
+    whatever the working directory."""
+    root = os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(root).joinpath(*parts)
 
 
 @dataclass
@@ -63,3 +76,32 @@ def load_squad(path: str | Path) -> list[SquadArticle]:
 
 def questions_of(articles: list[SquadArticle]) -> list[SquadQuestion]:
     return [q for a in articles for q in a.questions]
+
+
+def article_document(art: SquadArticle, doc_id: str) -> tuple[Document, list[int]]:
+    """The article as one clean document, and where each paragraph starts in it."""
+    paras = [normalize_text(p) for p in art.paragraphs]
+    starts, pos = [], 0
+    for p in paras:
+        starts.append(pos)
+        pos += len(p) + 2
+    return document_from_text("\n\n".join(paras), id=doc_id, title=art.title), starts
+
+
+def gold_spans(q: SquadQuestion, para_start: int) -> list[tuple[int, int]]:
+    """Character spans of the gold answers in the article document (after normalisation,
+    which can shift offsets: each answer is found again near its original place)."""
+    para = normalize_text(q.context)
+    spans = []
+    for text, start in q.answers:
+        t = normalize_text(text)
+        if not t:
+            continue
+        hits, i = [], para.find(t)
+        while i != -1:
+            hits.append(i)
+            i = para.find(t, i + 1)
+        if hits:
+            best = min(hits, key=lambda h: abs(h - start))
+            spans.append((para_start + best, para_start + best + len(t)))
+    return spans

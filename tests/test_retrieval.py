@@ -1,4 +1,6 @@
 """Retrieval finds a planted fact in a synthetic multi-page document."""
+import pytest
+
 from index.documents import load_bytes
 from index.store import DocumentStore
 from qa.retriever import Retriever
@@ -29,13 +31,38 @@ def test_planted_fact_is_retrieved_first_with_its_page(embedder):
     assert passages[0].score >= passages[1].score >= passages[2].score
 
 
-def test_bm25_prefers_rare_exact_terms():
-    from qa.retriever import BM25
+def test_bm25_prefers_rare_exact_terms_and_stems():
+    from index.lexical import LexicalIndex
 
-    bm = BM25(["the cat sat on the mat", "a report on quarterly budgets",
-               "serial number XK-4471 was recorded", "cats and dogs"])
-    s = bm.scores("What serial number was recorded, XK-4471?")
-    assert int(s.argmax()) == 2 and s[1] == 0
+    bm = LexicalIndex.build(["the cat sat on the mat", "a report on quarterly budgets",
+                             "serial number XK-4471 was recorded", "cats and dogs"])
+    s = bm.scores(["What serial number was recorded, XK-4471?", "Which cat?", "the of and"])
+    assert int(s[0].argmax()) == 2 and s[0][1] == 0
+    assert s[1][0] > 0 and s[1][3] > 0 and s[1][1] == 0  # "cat" matches "cats" by its stem
+    assert not s[2].any()  # stop words alone match nothing
+
+
+def test_lexical_index_of_stop_words_only_matches_nothing(tmp_path):
+    from index.lexical import LexicalIndex
+
+    bm = LexicalIndex.build(["the of and", "a an"])
+    assert not bm.scores(["the"]).any()
+    bm.save(tmp_path / "bm")
+    assert not LexicalIndex.load(tmp_path / "bm", 2).scores(["and"]).any()
+
+
+def test_weighted_rrf_fusion():
+    from qa.retriever import FusionConfig, fuse
+
+    dense, lexical = [1, 2, 3], [3, 4]
+    assert fuse([dense, lexical], [1.0, 1.0], 60) == [3, 1, 2, 4]  # in both lists wins
+    assert fuse([dense, lexical], [1.0, 0.0], 60)[:3] == [1, 2, 3]  # weight 0: dense order
+    assert fuse([dense, lexical], [0.2, 1.0], 60)[:2] == [3, 4]
+    assert fuse([[5, 6]], [1.0], 0)[0] == 5
+    with pytest.raises(ValueError):
+        FusionConfig(pool=0)
+    with pytest.raises(ValueError):
+        FusionConfig(rrf_k=float("nan"))
 
 
 def test_hybrid_and_dense_rank_a_store_and_follow_its_changes(embedder):
@@ -45,10 +72,54 @@ def test_hybrid_and_dense_rank_a_store_and_follow_its_changes(embedder):
     texts[17] = "The vault code for the museum is ZQ-99-ALPHA, set by curator Ines Rask."
     store = DocumentStore(embedder, chunk_size=24, overlap=0)
     store.add([document_from_text(t, id=f"d{i}") for i, t in enumerate(texts)])
-    for mode in ("hybrid", "dense"):
+    for mode in ("hybrid", "dense", "lexical"):
         top = Retriever(store, top_k=3, mode=mode).retrieve("Who set the vault code ZQ-99-ALPHA?")
-        assert top[0].chunk.doc_id == "d17" and len(top) == 3
+        assert top[0].chunk.doc_id == "d17"
+        assert len(top) == (1 if mode == "lexical" else 3)  # BM25 keeps only matching chunks
     r = Retriever(store, top_k=3)
     r.retrieve("vault code")
     store.remove("d17")  # the BM25 cache must notice
     assert all(p.chunk.doc_id != "d17" for p in r.retrieve("Who set the vault code ZQ-99-ALPHA?"))
+
+
+def test_store_round_trip_keeps_the_lexical_index(embedder, tmp_path):
+    from index.documents import document_from_text
+
+    texts = [f"Filler paragraph {i} about gardens, weather and local markets." for i in range(12)]
+    texts[5] = "The harbour master, Olu Bankole, logged the freighter Kestrel at dawn."
+    store = DocumentStore(embedder, chunk_size=24, overlap=0)
+    store.add([document_from_text(t, id=f"d{i}") for i, t in enumerate(texts)])
+    query = ["Who logged the freighter Kestrel?"]
+    before = store.lexical_search(query, 3)[0]
+    store.save(tmp_path / "s")
+    gen = next((tmp_path / "s").glob("gen-*"))
+    assert (gen / "bm25" / "params.index.json").is_file()
+    loaded = DocumentStore.load(tmp_path / "s")
+    assert loaded._lexical is not None  # read from disk, not rebuilt
+    after = loaded.lexical_search(query, 3)[0]
+    assert [(h.chunk.id, round(h.score, 5)) for h in after] == \
+        [(h.chunk.id, round(h.score, 5)) for h in before]
+    assert after[0].chunk.doc_id == "d5"
+
+
+def test_store_saved_without_a_lexical_index_still_loads_and_answers(embedder, tmp_path):
+    """Stores written before the lexical index existed have no bm25/ folder."""
+    import json
+    import shutil
+
+    from index.documents import document_from_text
+
+    store = DocumentStore(embedder, chunk_size=24, overlap=0)
+    store.add([document_from_text("The vault code is ZQ-99-ALPHA.", id="v"),
+               document_from_text("Gardens bloom in spring near the market.", id="g")])
+    store.save(tmp_path / "old")
+    shutil.rmtree(next((tmp_path / "old").glob("gen-*")) / "bm25")
+    manifest = tmp_path / "old" / "manifest.json"  # nor the file checksums of later saves
+    m = json.loads(manifest.read_text())
+    del m["files"], m["lexical"]
+    manifest.write_text(json.dumps(m))
+    loaded = DocumentStore.load(tmp_path / "old")
+    top = Retriever(loaded, top_k=1).retrieve("What is the vault code ZQ-99-ALPHA?")
+    assert top[0].chunk.doc_id == "v"
+    loaded.save(tmp_path / "old")  # the next save writes the lexical index
+    assert (next((tmp_path / "old").glob("gen-*")) / "bm25").is_dir()

@@ -1,0 +1,87 @@
+"""Lexical search over a store's chunks: BM25 by the maintained ``bm25s`` library.
+
+Words are lower-cased, split on ``\\w+`` (single letters and digits count: "5 May", "B-52"),
+English stop words and question words dropped, and stemmed with PyStemmer's Snowball English
+stemmer, so "approved" finds "approve". The index saves as ``.npy`` arrays and JSON (bm25s's
+own format, ``allow_pickle=False``) in a folder of the store's generation, and loads with it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TOKEN_PATTERN = r"(?u)\b\w+\b"
+# Question words carry no lexical evidence about where an answer is; bm25s's English list
+# keeps most of them.
+_QUESTION_WORDS = ("who", "whom", "whose", "what", "when", "where", "which", "why", "how",
+                   "did", "does", "do")
+
+
+def _stopwords() -> list[str]:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return sorted(set(STOPWORDS_EN) | set(_QUESTION_WORDS))
+
+
+class LexicalIndex:
+    """BM25 (bm25s, Lucene variant, k1=1.5, b=0.75) over a fixed list of texts."""
+
+    def __init__(self, bm25, n: int):
+        self._bm25 = bm25
+        self.n = n
+
+    @staticmethod
+    def _stemmer():
+        import Stemmer
+
+        return Stemmer.Stemmer("english")
+
+    @classmethod
+    def _tokenize(cls, texts: list[str], return_ids: bool):
+        import bm25s
+
+        return bm25s.tokenize(texts, token_pattern=TOKEN_PATTERN, stopwords=_stopwords(),
+                              stemmer=cls._stemmer(), return_ids=return_ids, show_progress=False)
+
+    @classmethod
+    def build(cls, texts: list[str]) -> "LexicalIndex":
+        import bm25s
+
+        bm25 = bm25s.BM25(k1=1.5, b=0.75)
+        tokens = cls._tokenize(list(texts), True) if texts else None
+        if tokens is None or not tokens.vocab:  # nothing but stop words: nothing to match
+            return cls(None, len(texts))
+        bm25.index(tokens, show_progress=False)
+        return cls(bm25, len(texts))
+
+    def scores(self, queries: list[str]) -> np.ndarray:
+        """``(len(queries), n)`` BM25 scores; 0 where a chunk shares no word with the query."""
+        out = np.zeros((len(queries), self.n), dtype=np.float32)
+        if self._bm25 is None or not queries:
+            return out
+        for i, toks in enumerate(self._tokenize(list(queries), False)):
+            if toks:
+                out[i] = self._bm25.get_scores(toks)
+        return out
+
+    def save(self, folder: str | Path) -> None:
+        """Write the index into ``folder`` (an empty folder when there is nothing to match)."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        if self._bm25 is not None:
+            self._bm25.save(str(folder), allow_pickle=False, show_progress=False)
+
+    @classmethod
+    def load(cls, folder: str | Path, n: int) -> "LexicalIndex":
+        """Read an index saved by :meth:`save` for ``n`` chunks; ``ValueError`` when it does
+        not hold ``n`` chunks."""
+        import bm25s
+
+        folder = Path(folder)
+        if not any(folder.iterdir()):
+            return cls(None, n)
+        bm25 = bm25s.BM25.load(str(folder), allow_pickle=False, show_progress=False)
+        got = int(bm25.scores["num_docs"])
+        if got != n:
+            raise ValueError(f"the lexical index holds {got} chunks, not {n}")
+        return cls(bm25, n)
