@@ -7,6 +7,8 @@ so an answer span always maps back to the exact characters a person sees.
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import re
 import unicodedata
 from bisect import bisect_right
@@ -20,13 +22,24 @@ SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
 MAX_FILE_BYTES = 20 * 1024 * 1024  # a 20 MB text is ~3M words: far beyond any one chat document
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_DOCUMENT_CHARS = 5_000_000  # characters of clean text per file (~800k words); overridable
+PDF_SECONDS = 60.0  # wall-clock budget for extracting one PDF's text, in a worker process
+PDF_PAGE_CHARS = 200_000  # a page with more text than this is a bomb, not a page
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 
 
+def replace_surrogates(text: str) -> str:
+    """Lone surrogates (undecodable bytes smuggled in by ``surrogateescape``, broken UTF-16)
+    become U+FFFD, so every string spanqa keeps encodes as UTF-8."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def normalize_text(text: str) -> str:
-    """NFKC, ``\\n`` newlines, no control characters, single spaces, at most one blank line."""
-    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+    """NFKC, ``\\n`` newlines, no control characters or lone surrogates, single spaces, at
+    most one blank line."""
+    text = unicodedata.normalize("NFKC", replace_surrogates(text)).replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
     text = _SPACES.sub(" ", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
@@ -130,6 +143,11 @@ def html_to_text(html: str) -> tuple[str, str]:
     return text, " ".join("".join(p.title_parts).split())
 
 
+def _mb(n: int) -> str:
+    """Bytes in MiB with enough digits that a refused size never reads as the limit."""
+    return f"{math.ceil(n * 100 / 2**20) / 100:.2f} MiB" if n % 2**20 else f"{n // 2**20} MiB"
+
+
 def _decode(data: bytes, name: str) -> str:
     if b"\x00" in data[:8192]:
         raise DocumentError(f"{name} looks binary, not text; spanqa reads {', '.join(SUPPORTED_SUFFIXES)}.")
@@ -139,34 +157,93 @@ def _decode(data: bytes, name: str) -> str:
         raise DocumentError(f"{name} is not UTF-8 text (byte {exc.start} is invalid).") from None
 
 
-def _pdf_pages(data: bytes, name: str) -> list[str]:
+def _extract_pdf(data: bytes, page_chars: int, max_chars: int) -> tuple[str, object]:
+    """("ok", page texts) or ("error", reason): pypdf's extraction under budgets."""
     import io
 
     try:
         from pypdf import PdfReader
 
-        reader = PdfReader(io.BytesIO(data))
-        return [page.extract_text() or "" for page in reader.pages]
+        pages, total = [], 0
+        for page in PdfReader(io.BytesIO(data)).pages:
+            text = page.extract_text() or ""
+            if len(text) > page_chars:
+                return "error", f"a page holds over {page_chars:,} characters of text"
+            total += len(text)
+            if total > max_chars:
+                return "error", f"it holds over {max_chars:,} characters of text"
+            pages.append(text)
+        return "ok", pages
+    except MemoryError:
+        return "error", "extracting its text needs too much memory"
     except Exception as exc:  # pypdf raises many kinds on a broken file
-        raise DocumentError(f"{name} is not a readable PDF ({type(exc).__name__}).") from None
+        return "error", f"not a readable PDF ({type(exc).__name__})"
+
+
+def _pdf_worker_main() -> None:
+    """Entry point of the extraction process: PDF bytes on stdin, JSON on stdout."""
+    import json
+    import resource
+    import sys
+
+    page_chars, max_chars, memory = (int(x) for x in sys.argv[1:4])
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    except (ValueError, OSError):
+        pass
+    kind, payload = _extract_pdf(sys.stdin.buffer.read(), page_chars, max_chars)
+    sys.stdout.write(json.dumps([kind, payload]))
+
+
+def _pdf_pages(data: bytes, name: str, seconds: float = PDF_SECONDS,
+               max_chars: int = MAX_DOCUMENT_CHARS) -> list[str]:
+    """Page texts of a PDF, extracted in a separate Python process that is killed when it
+    runs past ``seconds`` or 2 GiB of address space: a small file can decompress into
+    gigabytes, and a refused upload must stop costing CPU at once."""
+    import json
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    cmd = [sys.executable, "-c", "from index.documents import _pdf_worker_main as m; m()",
+           str(PDF_PAGE_CHARS), str(max_chars), str(2 << 30)]
+    try:
+        done = subprocess.run(cmd, input=data, capture_output=True, timeout=seconds, env=env)
+        kind, payload = json.loads(done.stdout or b'["error", null]')
+        if kind != "ok" and payload is None:
+            payload = ("extracting its text needs too much memory" if done.returncode
+                       else "its text could not be extracted")
+    except subprocess.TimeoutExpired:  # run() has killed the process
+        kind, payload = "error", f"reading its text took over {seconds:.0f} s"
+    except (OSError, ValueError) as exc:
+        kind, payload = "error", f"its text could not be extracted ({type(exc).__name__})"
+    if kind != "ok":
+        raise DocumentError(f"{name} was refused: {payload}.")
+    return payload
 
 
 def load_bytes(data: bytes, name: str, id: str | None = None, title: str | None = None,
-               source: str | None = None, max_bytes: int = MAX_FILE_BYTES) -> Document:
-    """A document from the bytes of a file called ``name`` (its suffix picks the reader)."""
+               source: str | None = None, max_bytes: int = MAX_FILE_BYTES,
+               max_chars: int = MAX_DOCUMENT_CHARS) -> Document:
+    """A document from the bytes of a file called ``name`` (its suffix picks the reader).
+    Refused (``DocumentError``) past ``max_bytes`` of file or ``max_chars`` of text."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise DocumentError(f"{name}: expected the file's bytes, got {type(data).__name__}.")
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DocumentError(
             f"{name}: unsupported file type {suffix or '(none)'}; spanqa reads "
             f"{', '.join(SUPPORTED_SUFFIXES)}.")
     if len(data) > max_bytes:
-        raise DocumentError(f"{name} is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB.")
+        raise DocumentError(f"{name} is {_mb(len(data))}; the limit is {_mb(max_bytes)}.")
     doc_id = id or Path(name).name
     source = source or name
     if suffix == ".pdf":
         if not data.startswith(b"%PDF"):
             raise DocumentError(f"{name} is not a PDF (it lacks the %PDF header).")
-        pages = [normalize_text(p) for p in _pdf_pages(data, name)]
+        pages = [normalize_text(p) for p in _pdf_pages(bytes(data), name, max_chars=max_chars)]
         starts, parts, pos = [], [], 0
         for p in pages:
             starts.append(pos)
@@ -177,7 +254,9 @@ def load_bytes(data: bytes, name: str, id: str | None = None, title: str | None 
             raise DocumentError(f"{name} has no extractable text (a scanned PDF needs OCR first).")
         return Document(id=doc_id, title=title or _first_line_title(text, Path(name).stem),
                         source=source, text=text, page_starts=starts)
-    raw = _decode(data, name)
+    raw = _decode(bytes(data), name)
+    if len(raw) > max_chars:  # cheap check before the expensive ones
+        raise DocumentError(f"{name} holds {len(raw):,} characters; the limit is {max_chars:,}.")
     html_title = ""
     if suffix in (".html", ".htm"):
         raw, html_title = html_to_text(raw)
@@ -186,13 +265,19 @@ def load_bytes(data: bytes, name: str, id: str | None = None, title: str | None 
 
 
 def load_file(path: str | Path, id: str | None = None, title: str | None = None,
-              max_bytes: int = MAX_FILE_BYTES) -> Document:
+              max_bytes: int = MAX_FILE_BYTES, max_chars: int = MAX_DOCUMENT_CHARS) -> Document:
     """A document from a ``.txt``, ``.md``, ``.html`` or ``.pdf`` file."""
-    p = Path(path).expanduser()
+    if not isinstance(path, (str, Path)):
+        raise DocumentError(f"Expected a file path, got {type(path).__name__}.")
+    p = Path(replace_surrogates(str(path))).expanduser()
     if not p.is_file():
         raise DocumentError(f"No file at {p}.")
     size = p.stat().st_size
     if size > max_bytes:
-        raise DocumentError(f"{p.name} is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB.")
-    return load_bytes(p.read_bytes(), p.name, id=id, title=title, source=str(p.resolve()),
-                      max_bytes=max_bytes)
+        raise DocumentError(f"{p.name} is {_mb(size)}; the limit is {_mb(max_bytes)}.")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise DocumentError(f"{p} could not be read ({exc.strerror or exc}).") from None
+    return load_bytes(data, p.name, id=id, title=title, source=str(p.resolve()),
+                      max_bytes=max_bytes, max_chars=max_chars)

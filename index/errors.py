@@ -25,3 +25,10 @@ class IncompatibleStoreError(SpanQAError):
 
 class ModelNotFoundError(SpanQAError, FileNotFoundError):
     """A model path or id that names no loadable model."""
+
+
+class UnknownDocumentError(SpanQAError, KeyError):
+    """A document id that the index does not hold (also a ``KeyError``, as it used to be)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -4,7 +4,8 @@ Layout of a store directory::
 
     manifest.json        format version, embedder, chunking, index factory, documents + sha256,
                          and the name of the generation folder that holds the data
-    gen-000003/          index.faiss, embeddings.npy, chunks.jsonl, documents.json
+    gen-000003/          index.faiss, embeddings.npy, chunks.jsonl, documents.json,
+                         bm25/ (the lexical index: bm25s arrays and JSON)
 
 Saving writes a new generation folder, then replaces ``manifest.json`` atomically (write to a
 temporary file, fsync, rename): a crash at any moment leaves the previous manifest pointing at
@@ -16,6 +17,11 @@ changing it is configuration. ``"auto"`` picks exact search below ``AUTO_APPROX_
 chunks and HNSW above (see ``eval/bench_index.py`` for the measurement behind the number).
 Vectors are kept beside the index so removing a document or changing the index type rebuilds
 the index without embedding anything again.
+
+The store owns both of its searches: dense (:meth:`DocumentStore.search`, FAISS over the
+embeddings) and lexical (:meth:`DocumentStore.lexical_search`, BM25 by ``bm25s``, see
+:mod:`index.lexical`). A store saved before the lexical index existed loads all the same; its
+lexical index is built in memory on first use and written with the next save.
 """
 from __future__ import annotations
 
@@ -24,19 +30,24 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from index.chunking import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, Chunk, chunk_document
-from index.documents import Document
+from index.documents import Document, sha256_text
 from index.embedder import Embedder, shared_embedder
-from index.errors import (CorruptStoreError, IncompatibleStoreError, SpanQAError,
-                          StoreNotFoundError)
+from index.lexical import LexicalIndex
+from index.locking import store_lock
+from index.validate import (check_chunks, check_documents, check_manifest, damaged, digests,
+                            generation_dir, verify_files)
+from index.errors import (DocumentError, IncompatibleStoreError, SpanQAError,
+                          StoreNotFoundError, UnknownDocumentError)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+LEXICAL_DIR = "bm25"
 AUTO_APPROX_THRESHOLD = 50_000  # chunks; below it exact search is fast enough (bench_index.py)
 
 
@@ -44,6 +55,26 @@ def resolve_factory(factory: str, n: int) -> str:
     if factory != "auto":
         return factory
     return "Flat" if n < AUTO_APPROX_THRESHOLD else "HNSW32"
+
+
+def unique_id(doc_id: str, source: str) -> str:
+    """A document id for a file whose name is already taken by a file from elsewhere."""
+    return f"{doc_id}@{sha256_text(source)[:8]}"
+
+
+def check_factory(factory: str, dimension: int) -> None:
+    """``SpanQAError`` unless FAISS can build an index from ``factory`` at this dimension."""
+    import faiss
+
+    if not isinstance(factory, str) or not factory.strip():
+        raise SpanQAError("The FAISS factory string is empty.")
+    if factory == "auto":
+        return
+    try:
+        faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise SpanQAError(f"Bad FAISS factory string {factory!r}: "
+                          f"{str(exc).splitlines()[0][:200]}") from None
 
 
 def build_faiss(vectors: np.ndarray, factory: str):
@@ -59,7 +90,12 @@ def build_faiss(vectors: np.ndarray, factory: str):
     if not index.is_trained:
         if len(vectors) == 0:
             return index
-        index.train(vectors)
+        try:
+            index.train(vectors)
+        except RuntimeError:
+            raise SpanQAError(
+                f"The FAISS index {kind!r} cannot be trained on {len(vectors)} chunks (too few "
+                "for its clusters); use --factory auto or Flat for a store this small.") from None
     if len(vectors):
         index.add(vectors)
     hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
@@ -70,10 +106,12 @@ def build_faiss(vectors: np.ndarray, factory: str):
 
 @dataclass
 class SearchHit:
-    """One chunk found for a query vector, with its cosine similarity."""
+    """One chunk found by a search: its row in the store, and the search's score (cosine
+    similarity for dense search, BM25 for lexical)."""
 
     chunk: Chunk
     score: float
+    row: int = -1
 
 
 class DocumentStore:
@@ -89,6 +127,7 @@ class DocumentStore:
         self.chunks: list[Chunk] = []
         self.vectors = np.zeros((0, 0), dtype=np.float32)
         self._index = None
+        self._lexical: LexicalIndex | None = None
         self.version = 0  # bumped on every change, so caches built on the chunks know to rebuild
 
     # ---- contents -------------------------------------------------------------------------
@@ -101,10 +140,20 @@ class DocumentStore:
 
     def add(self, docs: list[Document], progress: bool | None = None,
             on_batch=None) -> list[str]:
-        """Add documents; returns the ids that changed. A document already present with the
-        same text is skipped; one present with other text is replaced."""
+        """Add documents; returns the ids that changed. A document already present (same id,
+        same source) with the same text is skipped; with other text it is replaced. A document
+        whose id is taken by one from another source (``a/notes.txt`` and ``b/notes.txt``)
+        gets a unique id: its name and a short hash of its source."""
+        if isinstance(docs, Document) or not all(isinstance(d, Document) for d in docs):
+            raise DocumentError("DocumentStore.add takes a list of Document objects.")
+        if len(self.chunks):  # a bad factory string fails now, not after embedding
+            check_factory(self.factory, self._matrix().shape[1])
         changed, new_chunks = [], []
+        sources = {d.id: d.source for d in self.documents.values()}
         for doc in docs:
+            if sources.get(doc.id, doc.source) != doc.source:
+                doc = replace(doc, id=unique_id(doc.id, doc.source))
+            sources[doc.id] = doc.source
             old = self.documents.get(doc.id)
             if old is not None and old.sha256 == doc.sha256:
                 continue
@@ -115,21 +164,25 @@ class DocumentStore:
                                              self.overlap))
             changed.append(doc.id)
         if new_chunks:
+            check_factory(self.factory, self.embedder.dimension)
             vecs = self.embedder.embed([c.text for c in new_chunks], progress=progress,
                                        on_batch=on_batch)
             self.vectors = vecs if len(self.chunks) == 0 else np.vstack([self.vectors, vecs])
             self.chunks.extend(new_chunks)
         if changed:
-            self._index = None
-            self.version += 1
+            self._changed()
         return changed
 
     def remove(self, doc_id: str) -> None:
-        """Remove one document and its chunks. Unknown ids raise ``KeyError``."""
+        """Remove one document and its chunks. Unknown ids raise ``UnknownDocumentError``."""
         if doc_id not in self.documents:
-            raise KeyError(f"No document {doc_id!r} in this index.")
+            known = ", ".join(sorted(self.documents)[:5]) or "none"
+            raise UnknownDocumentError(f"No document {doc_id!r} in this index (it holds: {known}).")
         self._drop(doc_id)
-        self._index = None
+        self._changed()
+
+    def _changed(self) -> None:
+        self._index = self._lexical = None
         self.version += 1
 
     def _drop(self, doc_id: str) -> None:
@@ -157,8 +210,29 @@ class DocumentStore:
             return [[] for _ in range(len(query_vectors))]
         k = min(top_k, len(self.chunks))
         scores, ids = self.index.search(np.ascontiguousarray(query_vectors, np.float32), k)
-        return [[SearchHit(self.chunks[i], float(s)) for s, i in zip(srow, irow) if i >= 0]
+        return [[SearchHit(self.chunks[i], float(s), int(i)) for s, i in zip(srow, irow) if i >= 0]
                 for srow, irow in zip(scores, ids)]
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        if self._lexical is None:
+            self._lexical = LexicalIndex.build([c.text for c in self.chunks])
+        return self._lexical
+
+    def lexical_search(self, queries: list[str], top_k: int) -> list[list[SearchHit]]:
+        """Top ``top_k`` chunks by BM25 for each query, best first; chunks that share no word
+        with the query are left out."""
+        out = []
+        for row in self.lexical.scores(queries):
+            top = np.argsort(-row, kind="stable")[:top_k]
+            out.append([SearchHit(self.chunks[i], float(row[i]), int(i)) for i in top if row[i] > 0])
+        return out
+
+    def similarity(self, query_vector: np.ndarray, rows: list[int]) -> list[float]:
+        """Cosine similarity between one query vector and the chunks at ``rows``."""
+        if not rows:
+            return []
+        return [float(x) for x in self.vectors[np.asarray(rows)] @ query_vector]
 
     # ---- persistence ----------------------------------------------------------------------
     def manifest(self, generation: str) -> dict:
@@ -170,81 +244,120 @@ class DocumentStore:
                          "unit": "embedder tokens", "sentence_aware": True},
             "index_factory": self.factory,
             "index_type": resolve_factory(self.factory, len(self.chunks)),
+            "lexical": {"library": "bm25s", "folder": LEXICAL_DIR, "stemmer": "snowball-english"},
             "n_chunks": len(self.chunks),
             "documents": {d.id: d.sha256 for d in self.documents.values()},
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Save atomically: the previous save stays loadable until this one is complete."""
+        """Save atomically under the store's lock: the previous save stays loadable until this
+        one is complete, and a concurrent writer waits its turn."""
         import faiss
 
         root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        gen_dir = Path(tempfile.mkdtemp(prefix="gen-", dir=root))
-        faiss.write_index(self.index, str(gen_dir / "index.faiss"))
-        np.save(gen_dir / "embeddings.npy", self._matrix(), allow_pickle=False)
-        with open(gen_dir / "chunks.jsonl", "w", encoding="utf-8") as f:
-            for c in self.chunks:
-                f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
-        docs = [{**d.to_dict(), "text": d.text} for d in self.documents.values()]
-        (gen_dir / "documents.json").write_text(json.dumps(docs, ensure_ascii=False), encoding="utf-8")
-        _fsync_dir_files(gen_dir)
-        _atomic_write_json(root / MANIFEST, self.manifest(gen_dir.name))
-        # The new generation is live; clear the rest (older saves, crashed half-saves).
-        for p in root.glob("gen-*"):
-            if p.name != gen_dir.name and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
+        if root.exists() and not root.is_dir():
+            raise SpanQAError(f"{root} is a file, not an index folder.")
+        with store_lock(root):
+            gen_dir = Path(tempfile.mkdtemp(prefix="gen-", dir=root))
+            try:
+                faiss.write_index(self.index, str(gen_dir / "index.faiss"))
+                np.save(gen_dir / "embeddings.npy", self._matrix(), allow_pickle=False)
+                with open(gen_dir / "chunks.jsonl", "w", encoding="utf-8") as f:
+                    for c in self.chunks:
+                        f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
+                docs = [{**d.to_dict(), "text": d.text} for d in self.documents.values()]
+                (gen_dir / "documents.json").write_text(json.dumps(docs, ensure_ascii=False),
+                                                        encoding="utf-8")
+                self.lexical.save(gen_dir / LEXICAL_DIR)
+                _fsync_dir_files(gen_dir)
+                manifest = self.manifest(gen_dir.name) | {"files": digests(gen_dir)}
+                _atomic_write_json(root / MANIFEST, manifest)
+            except BaseException:
+                shutil.rmtree(gen_dir, ignore_errors=True)
+                raise
+            # The new generation is live; clear the rest (older saves, crashed half-saves,
+            # manifests a killed save left half-written).
+            for p in root.glob("gen-*"):
+                if p.name != gen_dir.name and p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+            for p in root.glob(".manifest-*"):
+                p.unlink(missing_ok=True)
         return root
 
     @classmethod
     def load(cls, directory: str | Path, embedder: Embedder | None = None) -> "DocumentStore":
-        """Load a saved store. With ``embedder`` given, it must be the one the store was built
-        with; without, the store's own embedder is used."""
+        """Load a saved store, verified (:mod:`index.validate`): any damage is a
+        ``CorruptStoreError``, never a wrong answer. With ``embedder`` given, it must be the
+        one the store was built with; without, the store's own embedder is used."""
         root = Path(directory)
         if not root.exists():
             raise StoreNotFoundError(f"No index at {root}.")
         if not (root / MANIFEST).is_file():
             raise StoreNotFoundError(f"{root} is not a spanqa index (it has no {MANIFEST}).")
-        m = _read_manifest(root)
-        if m.get("format_version") != FORMAT_VERSION:
-            raise IncompatibleStoreError(
-                f"The index at {root} has format version {m.get('format_version')}; this spanqa "
-                f"reads version {FORMAT_VERSION}. Rebuild it with `spanqa index`.")
-        emb_name = m.get("embedder", {}).get("name")
-        if embedder is not None and embedder.name != emb_name:
-            raise IncompatibleStoreError(
-                f"The index at {root} was built with the embedder {emb_name!r}, not "
-                f"{embedder.name!r}; rebuild it or load it with its own embedder.")
-        gen = root / str(m.get("generation", ""))
-        try:
-            import faiss
-
-            chunks = [Chunk.from_dict(json.loads(line)) for line in
-                      (gen / "chunks.jsonl").read_text(encoding="utf-8").splitlines() if line]
-            docs = json.loads((gen / "documents.json").read_text(encoding="utf-8"))
-            vectors = np.load(gen / "embeddings.npy", allow_pickle=False)
-            index = faiss.read_index(str(gen / "index.faiss"))
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise CorruptStoreError(
-                f"The index at {root} is damaged ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); rebuild it with `spanqa index`.") from None
+        with store_lock(root, exclusive=False):
+            m = _read_manifest(root)
+            if m.get("format_version") != FORMAT_VERSION:
+                raise IncompatibleStoreError(
+                    f"The index at {root} has format version {m.get('format_version')}; this "
+                    f"spanqa reads version {FORMAT_VERSION}. Rebuild it with `spanqa index`.")
+            check_manifest(root, m)
+            emb_name = m["embedder"]["name"]
+            if embedder is not None and embedder.name != emb_name:
+                raise IncompatibleStoreError(
+                    f"The index at {root} was built with the embedder {emb_name!r}, not "
+                    f"{embedder.name!r}; rebuild it or load it with its own embedder.")
+            gen = generation_dir(root, m)
+            verify_files(root, gen, m)
+            parts = _read_generation(root, gen)
+        raw_chunks, docs, vectors, index, lexical = parts
+        check_documents(root, docs)
+        texts = {d["id"]: d["text"] for d in docs}
+        check_chunks(root, raw_chunks, texts)
+        n, dim = len(raw_chunks), m["embedder"]["dimension"]
+        if index.ntotal != n or len(vectors) != n or (lexical is not None and lexical.n != n):
+            raise damaged(root, f"{n} chunks but {len(vectors)} vectors and {index.ntotal} "
+                                "FAISS entries")
+        if n and (vectors.ndim != 2 or vectors.shape[1] != dim or index.d != dim):
+            raise damaged(root, f"vectors are not {dim}-dimensional as the manifest says")
+        if n and not np.isfinite(vectors).all():
+            raise damaged(root, "embeddings.npy holds non-finite numbers")
+        if set(m["documents"]) != set(texts) or any(
+                sha256_text(texts[k]) != v for k, v in m["documents"].items()):
+            raise damaged(root, "documents.json does not hold the documents the manifest lists")
         store = cls(embedder or shared_embedder(emb_name), m["chunking"]["chunk_size"],
                     m["chunking"]["overlap"], m.get("index_factory", "auto"))
-        store.chunks = chunks
+        store.chunks = [Chunk.from_dict(c) for c in raw_chunks]
         store.vectors = vectors.astype(np.float32, copy=False)
         store.documents = {d["id"]: Document(id=d["id"], title=d["title"], source=d["source"],
-                                             text=d["text"], page_starts=d.get("page_starts", []))
+                                             text=d["text"], page_starts=d["page_starts"])
                            for d in docs}
-        dim = m["embedder"].get("dimension")
-        if (index.ntotal != len(chunks) or len(vectors) != len(chunks)
-                or (len(chunks) and (vectors.ndim != 2 or vectors.shape[1] != dim or index.d != dim))
-                or set(m.get("documents", {})) != set(store.documents)
-                or any(store.documents[k].sha256 != v for k, v in m["documents"].items())):
-            raise CorruptStoreError(
-                f"The index at {root} is inconsistent (its files disagree); rebuild it with `spanqa index`.")
         store._index = index
+        store._lexical = lexical
         return store
+
+
+def _read_generation(root: Path, gen: Path):
+    """The generation's parsed files; any read or parse failure is ``CorruptStoreError``."""
+    import faiss
+
+    name = "chunks.jsonl"
+    try:
+        chunks = [json.loads(line) for line in
+                  (gen / name).read_text(encoding="utf-8").splitlines() if line]
+        name = "documents.json"
+        docs = json.loads((gen / name).read_text(encoding="utf-8"))
+        name = "embeddings.npy"
+        vectors = np.load(gen / name, allow_pickle=False)
+        name = "index.faiss"
+        index = faiss.read_index(str(gen / name))
+        name = LEXICAL_DIR
+        lexical = (LexicalIndex.load(gen / name, len(chunks))
+                   if (gen / name).is_dir() else None)  # older stores: built on first use
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise damaged(root, f"{gen.name}/{name} is unreadable ({detail[:200]})") from None
+    return chunks, docs, vectors, index, lexical
 
 
 def _read_manifest(root: Path) -> dict:
@@ -254,7 +367,7 @@ def _read_manifest(root: Path) -> dict:
             raise ValueError("not an object")
         return m
     except (OSError, ValueError) as exc:
-        raise CorruptStoreError(f"The index manifest {root / MANIFEST} is unreadable ({exc}).") from None
+        raise damaged(root, f"{MANIFEST} is unreadable ({exc})") from None
 
 
 def _atomic_write_json(path: Path, obj: dict) -> None:
@@ -271,6 +384,7 @@ def _atomic_write_json(path: Path, obj: dict) -> None:
 
 
 def _fsync_dir_files(d: Path) -> None:
-    for p in d.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
+    for p in d.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())

@@ -1,7 +1,7 @@
 """The ``spanqa`` command: a thin CLI over :class:`qa.DocumentQA`.
 
 Subcommands here: ``index``, ``ask``, ``chat``, ``train-reader``, ``calibrate-reader``,
-``pack-reader``.
+``pack-reader``, ``train-retriever``, ``pack-embedder``.
 Packages that build on ``qa`` add their own through the entry-point group
 ``spanqa.commands`` (``ui`` adds ``serve``, ``eval`` adds ``eval``), so ``qa`` never imports
 them. Bad input ends in one line on stderr and exit status 2, never a traceback.
@@ -17,6 +17,51 @@ from importlib.metadata import entry_points
 from qa.errors import SpanQAError
 
 BOLD, DIM, RESET = "\033[1m", "\033[2m", "\033[0m"
+MAX_CHUNK_SIZE = 256  # the embedders' window, in tokens
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line on stderr (and exit 2), not usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"spanqa: error: {message}\n")
+
+
+def count_option(name: str, maximum: int):
+    """An argparse type: a whole number in 1..maximum."""
+    def parse(text: str) -> int:
+        from qa.pipeline import check_count
+
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, not {text!r}") from None
+        try:
+            return check_count(value, name, maximum)
+        except SpanQAError as exc:
+            raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+    return parse
+
+
+def threshold_option(text: str) -> float:
+    from qa.pipeline import check_threshold
+
+    try:
+        return check_threshold(text)
+    except SpanQAError as exc:
+        raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+
+
+def int_option(name: str, lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, not {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{name} must be from {lo} to {hi}, not {value}")
+        return value
+    return parse
 
 
 def quiet_libraries() -> None:
@@ -38,9 +83,10 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
                    help="a document to index on the fly (repeat for several)")
     p.add_argument("--reader", metavar="NAME|PATH", default=None,
                    help="bundled reader name (default, fast), QA model folder or hub id")
-    p.add_argument("--passages", type=int, default=3, help="passages the reader reads (default 3)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="abstain below this confidence (default: the reader's calibrated one)")
+    p.add_argument("--passages", type=count_option("passages", 20), default=3,
+                   help="passages the reader reads, 1-20 (default 3)")
+    p.add_argument("--threshold", type=threshold_option, default=None,
+                   help="abstain below this confidence, 0-1 (default: the reader's calibrated one)")
 
 
 def open_qa(args):
@@ -77,25 +123,59 @@ def format_answer(a, color: bool) -> str:
 
 
 def cmd_index(args) -> int:
+    from pathlib import Path
+
+    from index.chunking import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
     from index.documents import load_file
-    from index.embedder import shared_embedder
+    from index.embedder import DEFAULT_EMBEDDER, shared_embedder
+    from index.locking import store_lock
     from index.store import MANIFEST, DocumentStore
 
-    out = args.out
-    if os.path.exists(os.path.join(out, MANIFEST)):
-        store = DocumentStore.load(out)
-    else:
-        store = DocumentStore(shared_embedder(args.embedder), args.chunk_size, args.overlap,
-                              args.factory)
-    for doc_id in args.remove or []:
-        try:
-            store.remove(doc_id)
-        except KeyError as exc:
-            raise SpanQAError(str(exc).strip("'\"")) from None
-    changed = store.add([load_file(p) for p in args.paths], progress=True) if args.paths else []
-    store.save(out)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SpanQAError(f"--out {out} is a file; give a folder for the index.")
+    chunk_size = args.chunk_size
+    overlap = args.overlap
+    if chunk_size is not None and overlap is not None and overlap >= chunk_size:
+        raise SpanQAError(f"--overlap ({overlap}) must be smaller than --chunk-size ({chunk_size}).")
+    given = {k: v for k, v in (("--embedder", args.embedder), ("--chunk-size", chunk_size),
+                               ("--overlap", overlap), ("--factory", args.factory)) if v is not None}
+    docs = [load_file(p, max_chars=args.max_chars) for p in args.paths]  # before the lock: slow
+    with store_lock(out):
+        old = None
+        if (out / MANIFEST).exists():
+            try:
+                old = DocumentStore.load(out)
+            except SpanQAError:
+                if not args.rebuild:
+                    raise
+        if old is not None and given and not args.rebuild:
+            raise SpanQAError(
+                f"{out} already exists; {', '.join(given)} would change how it is built. Add "
+                "--rebuild to re-index its documents with the new settings.")
+        if args.remove and old is None:
+            raise SpanQAError(f"There is no index at {out} to remove documents from.")
+        for doc_id in args.remove or []:
+            old.remove(doc_id)  # in memory; an unknown id is a typed error naming what is there
+        if old is not None and not args.rebuild:
+            store = old
+        else:
+            chunk_size = chunk_size if chunk_size is not None else (
+                old.chunk_size if old is not None else DEFAULT_CHUNK_SIZE)
+            if overlap is None:
+                overlap = min(old.overlap if old is not None else DEFAULT_OVERLAP, chunk_size // 2)
+            if overlap >= chunk_size:
+                raise SpanQAError(f"--overlap ({overlap}) must be smaller than --chunk-size "
+                                  f"({chunk_size}).")
+            store = DocumentStore(shared_embedder(args.embedder or DEFAULT_EMBEDDER), chunk_size,
+                                  overlap, args.factory or (old.factory if old is not None else "auto"))
+            if old is not None:
+                docs = list(old.documents.values()) + docs
+        changed = store.add(docs, progress=True) if docs else []
+        store.save(out)
     print(f"{out}: {len(store.documents)} documents, {len(store)} chunks "
-          f"({len(changed)} added or updated, {len(args.remove or [])} removed)")
+          f"({len(changed)} added or updated, {len(args.remove or [])} removed"
+          f"{', rebuilt with ' + store.embedder.name if args.rebuild else ''})")
     return 0
 
 
@@ -117,12 +197,17 @@ def cmd_chat(args) -> int:
     docs = ", ".join(d.title for d in qa.store.documents.values())
     print(f"Ask about: {docs}\n(empty line or Ctrl-D to leave)")
     color = sys.stdout.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # undecodable input becomes U+FFFD, not a crash
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             q = input("? ")
         except EOFError:
             print()
             return 0
+        except KeyboardInterrupt:
+            print()
+            return 130
         if not q.strip() or q.strip().lower() in {"quit", "exit"}:
             return 0
         try:
@@ -146,29 +231,43 @@ def cmd_pack_reader(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="spanqa", description="Answer questions with spans copied from your documents.")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = Parser(prog="spanqa", description="Answer questions with spans copied from your documents.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    from index.documents import MAX_DOCUMENT_CHARS
 
     p = sub.add_parser("index", help="build or update an index on disk")
     p.add_argument("paths", nargs="*", help=".txt .md .html .pdf files")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--remove", nargs="+", metavar="DOC_ID", help="document ids to remove")
-    p.add_argument("--embedder", default="all-MiniLM-L6-v2")
-    p.add_argument("--chunk-size", type=int, default=160)
-    p.add_argument("--overlap", type=int, default=32)
-    p.add_argument("--factory", default="auto", help='FAISS factory string, e.g. "Flat", "HNSW32"')
+    p.add_argument("--rebuild", action="store_true",
+                   help="re-index the store's documents (and any PATHS) with the current or "
+                        "given embedder and settings; also replaces a damaged store")
+    p.add_argument("--embedder", default=None,
+                   help="embedder for a new or rebuilt index (default: spanqa-retriever)")
+    p.add_argument("--chunk-size", type=int_option("--chunk-size", 8, MAX_CHUNK_SIZE),
+                   default=None, help="tokens per chunk for a new or rebuilt index (default 160)")
+    p.add_argument("--overlap", type=int_option("--overlap", 0, MAX_CHUNK_SIZE - 1),
+                   default=None, help="tokens shared by neighbouring chunks (default 32)")
+    p.add_argument("--factory", default=None,
+                   help='FAISS factory string for a new or rebuilt index, e.g. "Flat", "HNSW32"')
+    p.add_argument("--max-chars", type=int_option("--max-chars", 1, 10**9),
+                   default=MAX_DOCUMENT_CHARS,
+                   help=f"refuse a file with more text than this (default {MAX_DOCUMENT_CHARS:,})")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("ask", help="answer one or more questions")
     p.add_argument("question", nargs="+")
     add_source_options(p)
-    p.add_argument("--top-k", type=int, default=3, help="answers to return (best + runner-ups)")
+    p.add_argument("--top-k", "--answers", dest="top_k", type=count_option("answers", 20),
+                   default=3, help="answers to return, best + runner-ups (default 3)")
     p.add_argument("--json", action="store_true", help="print the whole Answer as JSON")
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("chat", help="a chat loop in the terminal")
     add_source_options(p)
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", "--answers", dest="top_k", type=count_option("answers", 20),
+                   default=3, help="answers to show, best + runner-ups (default 3)")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("pack-reader", help="ship a reader as a low-rank delta over a pip-shipped "
@@ -185,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-reader", help="train an extractive reader (qa/train.py)", add_help=False)
     sub.add_parser("calibrate-reader", help="fit confidence and abstention (qa/calibrate.py)",
                    add_help=False)
+    sub.add_parser("train-retriever", help="fine-tune the embedder as a retriever "
+                   "(qa/training/retriever.py)", add_help=False)
+    sub.add_parser("pack-embedder", help="ship a trained retriever as fp16 encoder weights "
+                   "over its pip-shipped base", add_help=False)
 
     for ep in entry_points(group="spanqa.commands"):
         try:
@@ -206,10 +309,28 @@ def main(argv: list[str] | None = None) -> int:
             from qa.calibrate import main as calibrate_main
 
             return calibrate_main(argv[1:])
+        if argv and argv[0] == "train-retriever":
+            from qa.training.retriever import main as train_retriever_main
+
+            return train_retriever_main(argv[1:])
+        if argv and argv[0] == "pack-embedder":
+            from qa.training.retriever import pack_main
+
+            return pack_main(argv[1:])
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except SpanQAError as exc:
         print(f"spanqa: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `spanqa ask ... | head -1`: the reader left; say nothing more
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 141
+    except OSError as exc:
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"spanqa: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

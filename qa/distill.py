@@ -63,7 +63,6 @@ def distill_loss(start_logits, end_logits, pad, teacher, temperature: float):
     """Mean over the batch of T² · KL(teacher ‖ student), start and end averaged.
 
     ``teacher`` is (batch, width, 2) aligned logits; padding (``pad`` True) is out for both."""
-    import torch
 
     t = temperature
     loss = 0.0

@@ -8,6 +8,7 @@ from index.errors import (
     ModelNotFoundError,
     SpanQAError,
     StoreNotFoundError,
+    UnknownDocumentError,
 )
 
 
@@ -19,6 +20,10 @@ class QuestionTooLongError(SpanQAError, ValueError):
     """The question does not fit the reader's window with room for a passage."""
 
 
-__all__ = ["SpanQAError", "DocumentError", "StoreNotFoundError", "CorruptStoreError",
+class OptionError(SpanQAError, ValueError):
+    """An option out of its type or range (passages, answers, threshold, chunk sizes...)."""
+
+
+__all__ = ["OptionError", "SpanQAError", "DocumentError", "StoreNotFoundError", "CorruptStoreError",
            "IncompatibleStoreError", "ModelNotFoundError", "EmptyQuestionError",
-           "QuestionTooLongError"]
+           "QuestionTooLongError", "UnknownDocumentError"]

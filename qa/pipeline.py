@@ -10,17 +10,41 @@ from __future__ import annotations
 
 import threading
 import time
+import unicodedata
 from pathlib import Path
 
-from index.documents import Document, document_from_text, load_file
+from index.documents import Document, document_from_text, load_file, replace_surrogates
 from index.store import DocumentStore
-from qa.errors import EmptyQuestionError
+from qa.errors import DocumentError, EmptyQuestionError, OptionError
 from qa.reader import ExtractiveReader, ReaderResult
 from qa.retriever import DEFAULT_TOP_K, Retriever
 from qa.types import Answer, Passage
 
 DEFAULT_DOCUMENT = Path(__file__).resolve().parent / "data" / "us-weapons-in-russia.txt"
 MAX_QUESTION_CHARS = 1000
+MAX_PASSAGES = 20  # passages one question may read (each costs a reader window or more)
+MAX_ANSWERS = 20
+
+
+def check_count(value, name: str, maximum: int) -> int:
+    """An integer option in ``1..maximum``, else ``OptionError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or not 1 <= value <= maximum:
+        raise OptionError(f"{name} must be a whole number from 1 to {maximum}, not {value!r}.")
+    return int(value)
+
+
+def check_threshold(value) -> float | None:
+    """``None`` (the reader's calibrated threshold) or a number in [0, 1], else ``OptionError``."""
+    if value is None:
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"threshold must be a number from 0 to 1, not {value!r}.") from None
+    if isinstance(value, bool) or not 0.0 <= t <= 1.0:  # NaN fails this too
+        raise OptionError(f"threshold must be a number from 0 to 1, not {value!r}.")
+    return t
 
 _READERS: dict[tuple[str, str], ExtractiveReader] = {}
 _READERS_LOCK = threading.Lock()
@@ -36,15 +60,34 @@ def shared_reader(model: str | Path | None = "default", device: str = "cpu") -> 
 
 
 def check_question(question) -> str:
-    if not isinstance(question, str) or not question.strip():
+    """The question as the reader gets it, or a typed error. Undecodable characters (lone
+    surrogates) become U+FFFD, invisible ones (zero-width spaces, byte-order marks, control
+    and format characters) are dropped, whitespace is collapsed; a question with no visible
+    letter or digit is empty."""
+    if isinstance(question, bytes):
+        question = question.decode("utf-8", errors="replace")
+    if not isinstance(question, str):
+        raise EmptyQuestionError(f"A question must be text, not {type(question).__name__}.")
+    q = " ".join("".join(ch for ch in replace_surrogates(question)
+                         if unicodedata.category(ch) not in ("Cc", "Cf") or ch.isspace()).split())
+    if not any(ch.isalnum() for ch in q):
         raise EmptyQuestionError("Please ask a question: it is empty.")
-    q = " ".join(question.split())
     if len(q) > MAX_QUESTION_CHARS:
         from qa.errors import QuestionTooLongError
 
         raise QuestionTooLongError(
             f"The question is {len(q)} characters long; the limit is {MAX_QUESTION_CHARS}.")
     return q
+
+
+def _many(items, what: str, method: str) -> list:
+    """``items`` as a list; one string or path where a list belongs is a typed error."""
+    if isinstance(items, (str, bytes, Path)):
+        raise DocumentError(f"{method} takes a list of {what}; wrap a single one in [ ].")
+    try:
+        return list(items)
+    except TypeError:
+        raise DocumentError(f"{method} takes a list of {what}, not {type(items).__name__}.") from None
 
 
 class DocumentQA:
@@ -54,7 +97,7 @@ class DocumentQA:
                  passages: int = DEFAULT_TOP_K):
         self.store = store
         self.reader = reader if isinstance(reader, ExtractiveReader) else shared_reader(reader)
-        self.retriever = Retriever(store, top_k=passages)
+        self.retriever = Retriever(store, top_k=check_count(passages, "passages", MAX_PASSAGES))
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -66,12 +109,14 @@ class DocumentQA:
 
     @classmethod
     def from_files(cls, paths, reader=None, passages: int = DEFAULT_TOP_K, **store_options):
-        return cls.from_documents([load_file(p) for p in paths], reader, passages, **store_options)
+        return cls.from_documents([load_file(p) for p in _many(paths, "paths", "from_files")],
+                                  reader, passages, **store_options)
 
     @classmethod
     def from_texts(cls, texts: list[str], ids: list[str] | None = None,
                    titles: list[str] | None = None, reader=None, passages: int = DEFAULT_TOP_K,
                    **store_options) -> "DocumentQA":
+        texts = _many(texts, "texts", "from_texts")
         ids = ids or [None] * len(texts)
         titles = titles or [None] * len(texts)
         docs = [document_from_text(t, id=i, title=n) for t, i, n in zip(texts, ids, titles)]
@@ -90,9 +135,10 @@ class DocumentQA:
         return self.store.save(directory)
 
     def add_files(self, paths) -> list[str]:
-        return self.store.add([load_file(p) for p in paths])
+        return self.store.add([load_file(p) for p in _many(paths, "paths", "add_files")])
 
     def add_texts(self, texts: list[str], ids: list[str] | None = None) -> list[str]:
+        texts = _many(texts, "texts", "add_texts")
         ids = ids or [None] * len(texts)
         return self.store.add([document_from_text(t, id=i) for t, i in zip(texts, ids)])
 
@@ -117,6 +163,11 @@ class DocumentQA:
     def ask_many(self, questions: list[str], top_k: int = 3, passages: int | None = None,
                  threshold: float | None = None, batch_size: int = 16) -> list[Answer]:
         """Answer many questions: retrieval and reading are batched ``batch_size`` at a time."""
+        if isinstance(questions, (str, bytes)):
+            raise EmptyQuestionError("ask_many takes a list of questions; use ask() for one.")
+        top_k = check_count(top_k, "top_k (answers)", MAX_ANSWERS)
+        passages = None if passages is None else check_count(passages, "passages", MAX_PASSAGES)
+        threshold = check_threshold(threshold)
         clean = [check_question(q) for q in questions]
         out: list[Answer] = []
         for i in range(0, len(clean), batch_size):

@@ -250,7 +250,7 @@ class ExtractiveReader:
                     logit=c.logit, null_logit=nulls[pair]))
         for qi, spans in per_q.items():
             spans.sort(key=lambda s: (-s.score, -s.logit))
-            spans = [s for s in spans if s.text.strip()]
+            spans = [s for s in spans if any(ch.isalnum() for ch in s.text)]  # never "." alone
             spans = drop_overlaps(spans, key=lambda s: (s.passage, s.char_start, s.char_end))
             best = spans[0].score if spans else 0.0
             results[qi] = ReaderResult(spans=spans[:top_k],

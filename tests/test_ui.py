@@ -92,8 +92,8 @@ def test_rendering_escapes_document_markup():
                doc_id="d", title="<script>alert(1)</script>", passage_text="before <b>x</b> after",
                start=7, end=15, passage_start=7, passage_end=15)
     html = answer_messages(a)[0]["content"]
-    assert "<script>" not in html and "&lt;script&gt;" in html
-    assert '<mark class="spanqa-answer">&lt;b&gt;x&lt;/b&gt;</mark>' in html
+    assert "<script>" not in html and "&#60;script&#62;" in html
+    assert '<mark class="spanqa-answer">&#60;b&#62;x&#60;/b&#62;</mark>' in html
 
 
 def test_suggested_questions_fit_the_document():

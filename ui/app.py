@@ -21,7 +21,7 @@ from index.documents import SUPPORTED_SUFFIXES, Document, load_file
 from index.store import DocumentStore
 from qa.errors import SpanQAError
 from qa.pipeline import DEFAULT_DOCUMENT, DocumentQA
-from ui.render import answer_messages
+from ui.render import answer_messages, safe_text
 
 log = logging.getLogger("spanqa.ui")
 
@@ -68,7 +68,7 @@ def suggest_questions(doc: Document, n: int = 4) -> list[str]:
 
 def describe(qa: DocumentQA) -> str:
     docs = list(qa.store.documents.values())
-    names = ", ".join(f"**{d.title}**" for d in docs[:3]) + (f" and {len(docs) - 3} more" if len(docs) > 3 else "")
+    names = ", ".join(f"**{safe_text(d.title, False)}**" for d in docs[:3]) + (f" and {len(docs) - 3} more" if len(docs) > 3 else "")
     return f"Asking: {names} · {len(qa.store)} passages"
 
 
@@ -126,7 +126,7 @@ def create_app(base: DocumentQA, examples: list[str] | None = None) -> gr.Blocks
             a = current(session).ask(question, passages=int(passages), threshold=float(threshold))
             history.extend(answer_messages(a))
         except SpanQAError as exc:
-            history.append({"role": "assistant", "content": f"⚠️ {exc}"})
+            history.append({"role": "assistant", "content": f"⚠️ {safe_text(str(exc), False)}"})
         except Exception:
             log.exception("chat failed")
             history.append({"role": "assistant", "content": "⚠️ Something went wrong; please try again."})
@@ -142,14 +142,14 @@ def create_app(base: DocumentQA, examples: list[str] | None = None) -> gr.Blocks
             log.exception("upload failed")
             raise SpanQAError("the file could not be read.") from None
         doc = next(iter(qa.store.documents.values()))
-        return qa, (f"✅ Loaded **{doc.title}** ({len(qa.store)} passages). "
+        return qa, (f"✅ Loaded **{safe_text(doc.title, False)}** ({len(qa.store)} passages). "
                     "Questions now go to this document.")
 
     def on_upload(path, session, progress=gr.Progress()):
         try:
             qa, status = load_upload(path, progress)
         except SpanQAError as exc:
-            return session, gr.update(), f"⚠️ Not loaded: {exc}", gr.update()
+            return session, gr.update(), f"⚠️ Not loaded: {safe_text(str(exc), False)}", gr.update()
         doc = next(iter(qa.store.documents.values()))
         return qa, describe(qa), status, gr.update(samples=[[q] for q in suggest_questions(doc)])
 

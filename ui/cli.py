@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 
+from qa.cli import int_option
+
+
 def register(sub) -> None:
     p = sub.add_parser("serve", help="start the chat web page (Gradio)")
     g = p.add_mutually_exclusive_group()
@@ -10,13 +13,39 @@ def register(sub) -> None:
     p.add_argument("--reader", default=None,
                    help="bundled reader name (default, fast), QA model folder or hub id")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--concurrency", type=int, default=2, help="questions answered at once")
+    p.add_argument("--port", type=int_option("--port", 1, 65535), default=7860)
+    p.add_argument("--concurrency", type=int_option("--concurrency", 1, 64), default=2,
+                   help="questions answered at once")
     p.set_defaults(func=run)
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse an unknown host or a port in use now, before ~20 s of model loading."""
+    import socket
+
+    from qa.errors import SpanQAError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise SpanQAError(f"--host {host!r} is not an address of this machine ({exc}).") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise SpanQAError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}); is "
+                              "another server using it? Pick another --port.") from None
 
 
 def run(args) -> int:
     from ui.app import serve
+
+    check_address(args.host, args.port)
+    if args.index:  # a missing or damaged index is reported before the models load
+        from index.store import DocumentStore
+
+        DocumentStore.load(args.index)
 
     serve(index=args.index, docs=args.doc, reader=args.reader, host=args.host, port=args.port,
           concurrency=args.concurrency)

@@ -1,12 +1,26 @@
 """Answers as chat messages: the answer, its confidence, the passage with the answer
 highlighted, a citation; runner-ups fold away. Pure functions of an ``Answer`` (tested alone).
-Document text is HTML-escaped before any markup is added, so a hostile document cannot inject
-markup into the page."""
+
+Everything that comes from a document (answers, passages, titles) goes through
+:func:`safe_text` before any markup is added: HTML is escaped and so is every character that
+Markdown would read as syntax, so a document cannot make the page render its bold, links,
+code, headings or images (a remote image would make the visitor's browser fetch it)."""
 from __future__ import annotations
 
-import html
-
 from qa.types import Answer
+
+
+# HTML's special characters and those Markdown (with Gradio's extensions: math,
+# strikethrough, tables) reads as syntax, each to a numeric character reference.
+_INERT = {ord(c): f"&#{ord(c)};" for c in "&<>\"'\\`*_{}[]()#+-.!|~$=:"}
+
+
+def safe_text(text: str | None, keep_lines: bool = True) -> str:
+    """Document text made inert for a Markdown + HTML chat message: every character that
+    HTML or Markdown would read as markup becomes a character reference; line breaks are kept
+    as ``<br>`` (or become spaces)."""
+    out = (text or "").translate(_INERT)
+    return out.replace("\n", "<br>" if keep_lines else " ")
 
 
 def confidence_badge(score: float) -> str:
@@ -20,13 +34,13 @@ def highlighted_passage(text: str, start: int, end: int, context: int = 600) -> 
     lo = max(0, start - context)
     hi = min(len(text), end + context)
     before, ans, after = text[lo:start], text[start:end], text[end:hi]
-    return ((("…" if lo else "") + html.escape(before)) + f'<mark class="spanqa-answer">{html.escape(ans)}</mark>'
-            + html.escape(after) + ("…" if hi < len(text) else ""))
+    return ((("…" if lo else "") + safe_text(before)) + f'<mark class="spanqa-answer">{safe_text(ans)}</mark>'
+            + safe_text(after) + ("…" if hi < len(text) else ""))
 
 
 def citation(a: Answer) -> str:
     where = f"page {a.page}, " if a.page else ""
-    return f"{html.escape(a.title or a.doc_id or '')} ({where}characters {a.start}–{a.end})"
+    return f"{safe_text(a.title or a.doc_id or '', False)} ({where}characters {a.start}–{a.end})"
 
 
 def answer_messages(a: Answer) -> list[dict]:
@@ -35,24 +49,24 @@ def answer_messages(a: Answer) -> list[dict]:
         parts = ["**The document doesn't say.** I found no answer I'm confident in."]
         if a.candidates:
             c = a.candidates[0]
-            parts.append(f"<small>Best guess, below the threshold: “{html.escape(c.text)}” "
+            parts.append(f"<small>Best guess, below the threshold: “{safe_text(c.text, False)}” "
                          f"({c.score:.0%}).</small>")
         msgs = [{"role": "assistant", "content": "\n\n".join(parts)}]
         if a.passages:
             quoted = "\n\n".join(
-                f"<blockquote>{html.escape(p.chunk.text[:700])}{'…' if len(p.chunk.text) > 700 else ''}"
-                f"<br><small>— {html.escape(p.title)}, characters {p.chunk.start}–{p.chunk.end}"
+                f"<blockquote>{safe_text(p.chunk.text[:700])}{'…' if len(p.chunk.text) > 700 else ''}"
+                f"<br><small>— {safe_text(p.title, False)}, characters {p.chunk.start}–{p.chunk.end}"
                 f"{f', page {p.chunk.page}' if p.chunk.page else ''}</small></blockquote>"
                 for p in a.passages[:2])
             msgs.append({"role": "assistant", "content": quoted,
                          "metadata": {"title": "Closest passages", "status": "done"}})
         return msgs
-    body = (f"**{html.escape(a.text)}** · {confidence_badge(a.score)}\n\n"
+    body = (f"**{safe_text(a.text, False)}** · {confidence_badge(a.score)}\n\n"
             f"<blockquote>{highlighted_passage(a.passage_text, a.passage_start, a.passage_end)}"
             f"</blockquote>\n\n<small>Source: {citation(a)}</small>")
     msgs = [{"role": "assistant", "content": body}]
     if a.candidates:
-        rows = "\n".join(f"- “{html.escape(c.text)}” ({c.score:.0%}) — {citation(c)}"
+        rows = "\n".join(f"- “{safe_text(c.text, False)}” ({c.score:.0%}) — {citation(c)}"
                          for c in a.candidates)
         msgs.append({"role": "assistant", "content": rows,
                      "metadata": {"title": f"{len(a.candidates)} other candidate answers",
