@@ -19,10 +19,9 @@ import random
 import numpy as np
 from tqdm import tqdm
 
-from qa.squad import article_document
 from qa.metrics import score
 from qa.pipeline import DEFAULT_DOCUMENT, DocumentQA, shared_reader
-from qa.squad import load_squad
+from qa.squad import article_document, load_squad
 
 DEV = "../shared/data/qa/dev/squad_dev_5_articles.json"
 ARTICLE_SET = "eval/questions/us_weapons_in_russia.json"

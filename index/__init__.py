@@ -3,9 +3,15 @@
 from index.chunking import Chunk, chunk_document
 from index.documents import Document, document_from_text, load_bytes, load_file
 from index.embedder import Embedder, shared_embedder
-from index.errors import (CorruptStoreError, DocumentError, IncompatibleStoreError,
-                          ModelNotFoundError, SpanQAError, StoreNotFoundError,
-                          UnknownDocumentError)
+from index.errors import (
+                          CorruptStoreError,
+                          DocumentError,
+                          IncompatibleStoreError,
+                          ModelNotFoundError,
+                          SpanQAError,
+                          StoreNotFoundError,
+                          UnknownDocumentError,
+)
 from index.store import DocumentStore, SearchHit
 
 __all__ = ["Chunk", "chunk_document", "Document", "document_from_text", "load_bytes",

@@ -38,12 +38,24 @@ import numpy as np
 from index.chunking import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, Chunk, chunk_document
 from index.documents import Document, sha256_text
 from index.embedder import Embedder, shared_embedder
+from index.errors import (
+    DocumentError,
+    IncompatibleStoreError,
+    SpanQAError,
+    StoreNotFoundError,
+    UnknownDocumentError,
+)
 from index.lexical import LexicalIndex
 from index.locking import store_lock
-from index.validate import (check_chunks, check_documents, check_manifest, damaged, digests,
-                            generation_dir, verify_files)
-from index.errors import (DocumentError, IncompatibleStoreError, SpanQAError,
-                          StoreNotFoundError, UnknownDocumentError)
+from index.validate import (
+    check_chunks,
+    check_documents,
+    check_manifest,
+    damaged,
+    digests,
+    generation_dir,
+    verify_files,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

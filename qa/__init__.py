@@ -3,9 +3,16 @@
 The public API is :class:`DocumentQA`; see the README for a tour.
 """
 
-from qa.errors import (CorruptStoreError, DocumentError, EmptyQuestionError,
-                       IncompatibleStoreError, ModelNotFoundError, QuestionTooLongError,
-                       SpanQAError, StoreNotFoundError)
+from qa.errors import (
+                       CorruptStoreError,
+                       DocumentError,
+                       EmptyQuestionError,
+                       IncompatibleStoreError,
+                       ModelNotFoundError,
+                       QuestionTooLongError,
+                       SpanQAError,
+                       StoreNotFoundError,
+)
 from qa.pipeline import DEFAULT_DOCUMENT, DocumentQA, shared_reader
 from qa.reader import ExtractiveReader, ReaderConfig
 from qa.retriever import Retriever

@@ -9,7 +9,6 @@ from pathlib import Path
 from index.documents import Document, document_from_text, normalize_text
 from qa.errors import SpanQAError
 
-
 DATA_ENV = "SPANQA_DATA"
 
 

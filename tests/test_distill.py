@@ -8,7 +8,8 @@ import pytest
 
 from qa.distill import MASKED, TeacherCache, align_to_student, distill_loss
 from qa.squad import SquadQuestion
-from qa.train import build_features, main as train_main
+from qa.train import build_features
+from qa.train import main as train_main
 
 CTX = ("Alpha facts come first. " * 30) + "The bridge was opened in 1932 by Mayor Lena Ruiz. " + ("Omega. " * 30)
 

@@ -1,7 +1,13 @@
 import pytest
 
-from index.documents import (MAX_FILE_BYTES, document_from_text, html_to_text, load_bytes,
-                             load_file, normalize_text)
+from index.documents import (
+    MAX_FILE_BYTES,
+    document_from_text,
+    html_to_text,
+    load_bytes,
+    load_file,
+    normalize_text,
+)
 from index.errors import DocumentError
 from tests.conftest import make_pdf
 

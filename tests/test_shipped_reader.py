@@ -6,8 +6,8 @@ import json
 import pytest
 
 from qa.metrics import score
-from qa.pipeline import DocumentQA
 from qa.packed import DELTA_CONFIG_FILE, DELTA_WEIGHTS_FILE
+from qa.pipeline import DocumentQA
 from qa.reader import BUNDLED_READERS, READER_CONFIG_FILE
 
 # Our own questions, written for this test (the eval set holds others).

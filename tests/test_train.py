@@ -3,8 +3,16 @@ import json
 import random
 
 from qa.squad import SquadQuestion
-from qa.train import (build_features, collate, due, main as train_main, parameter_groups, pick_target,
-                      span_loss, wrong_document_negatives)
+from qa.train import (
+    build_features,
+    collate,
+    due,
+    parameter_groups,
+    pick_target,
+    span_loss,
+    wrong_document_negatives,
+)
+from qa.train import main as train_main
 
 CTX = ("Alpha facts come first. " * 30) + "The bridge was opened in 1932 by Mayor Lena Ruiz. " + ("Omega. " * 30)
 

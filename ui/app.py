@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from pathlib import Path
 
 import gradio as gr
 
@@ -133,12 +134,15 @@ def create_app(base: DocumentQA, examples: list[str] | None = None) -> gr.Blocks
         return history, ""
 
     def load_upload(path, progress) -> tuple[DocumentQA, str]:
-        """The visitor's new DocumentQA and a status line; SpanQAError when refused."""
+        """The visitor's new DocumentQA and a status line; SpanQAError when refused (and the
+        refused file is deleted from the upload folder at once)."""
         try:
             qa = build_upload(path, base, progress)
-        except SpanQAError:
-            raise
-        except Exception:
+        except Exception as exc:
+            if path:
+                Path(path).unlink(missing_ok=True)
+            if isinstance(exc, SpanQAError):
+                raise
             log.exception("upload failed")
             raise SpanQAError("the file could not be read.") from None
         doc = next(iter(qa.store.documents.values()))

@@ -1,7 +1,6 @@
 """``spanqa serve``: registered through the ``spanqa.commands`` entry point."""
 from __future__ import annotations
 
-
 from qa.cli import int_option
 
 

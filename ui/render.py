@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from qa.types import Answer
 
-
 # HTML's special characters and those Markdown (with Gradio's extensions: math,
 # strikethrough, tables) reads as syntax, each to a numeric character reference.
 _INERT = {ord(c): f"&#{ord(c)};" for c in "&<>\"'\\`*_{}[]()#+-.!|~$=:"}

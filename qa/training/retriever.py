@@ -239,8 +239,11 @@ class RetrieverTrainer:
     def fit(self, rows: list[dict], resume: bool) -> "object":
         import torch
         from datasets import Dataset
-        from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                           SentenceTransformerTrainingArguments)
+        from sentence_transformers import (
+            SentenceTransformer,
+            SentenceTransformerTrainer,
+            SentenceTransformerTrainingArguments,
+        )
         from sentence_transformers.losses import MultipleNegativesRankingLoss
 
         torch.set_num_threads(self.args.threads)
@@ -296,8 +299,7 @@ def pack_embedder(model_dir: str | Path, out: str | Path, base: str = BASE_EMBED
     import torch
     from safetensors.torch import load_file, save_file
 
-    from index.embedder import (EMBEDDER_CONFIG_FILE, ENCODER_FORMAT, ENCODER_WEIGHTS_FILE,
-                                base_path)
+    from index.embedder import EMBEDDER_CONFIG_FILE, ENCODER_FORMAT, ENCODER_WEIGHTS_FILE, base_path
 
     model_dir, out = Path(model_dir), Path(out)
     tuned = load_file(str(model_dir / "model.safetensors"))
