@@ -2,6 +2,7 @@
 ``spanqa.commands`` entry point, so ``qa`` never imports ``eval``)."""
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -17,10 +18,14 @@ def register(sub) -> None:
     p.add_argument("--reader", default=None,
                    help="bundled reader name (default, fast), QA model folder or hub id")
     p.add_argument("--scope", choices=["article", "corpus"], default="article")
-    p.add_argument("--top-k", "--passages", dest="passages", type=int, default=3,
-                   help="passages retrieved per question (default 3)")
+    from qa.cli import DeprecatedAlias, count_option, threshold_option
+
+    p.add_argument("--passages", type=count_option("passages", 20), default=3,
+                   help="passages the reader reads per question (default 3)")
+    p.add_argument("--top-k", dest="passages", type=count_option("passages", 20),
+                   action=DeprecatedAlias, new="--passages", help=argparse.SUPPRESS)
     p.add_argument("--reader-only", action="store_true", help="read the gold paragraph itself")
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--threshold", type=threshold_option, default=None)
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
     p.add_argument("--latency-sample", type=int, default=50,
                    help="also time N single warm ask() calls (0: skip)")

@@ -19,7 +19,7 @@
 Every term is per span, so confidences stay comparable across passages and windows. When no
 relevance is known (the reader used on its own) ``relevance_default`` stands in, the mean over
 held-out answered questions. The reader abstains when the best confidence is below
-``threshold``, chosen on the same held-out data (see :mod:`qa.calibrate`).
+``threshold``, chosen on the same held-out data (see :mod:`qa.training.calibrate`).
 """
 from __future__ import annotations
 
@@ -84,31 +84,6 @@ def _model_key(name: str) -> str:
     """'sentence-transformers/all-MiniLM-L6-v2', a local folder of it, or its pip package's
     path all name the same embedder."""
     return name.rstrip("/").rsplit("/", 1)[-1].lower().replace("_", "-")
-
-
-def fit_platt(features: list[tuple[float, ...]], correct: list[bool], steps: int = 3000,
-              lr: float = 0.05, l2: float = 1e-3) -> tuple[float, ...]:
-    """Logistic regression of ``correct`` on the features (e.g. ``(logit, logit - null_logit,
-    relevance)``).
-
-    Returns one weight per feature, then the bias. Plain gradient descent on standardised
-    features: three features and a few thousand points need nothing more.
-    """
-    import numpy as np
-
-    x = np.asarray(features, dtype=np.float64)
-    y = np.asarray(correct, dtype=np.float64)
-    mu, sd = x.mean(0), x.std(0) + 1e-9
-    z = (x - mu) / sd
-    w, b = np.zeros(x.shape[1]), 0.0
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-(z @ w + b)))
-        g = p - y
-        w -= lr * (z.T @ g / len(y) + l2 * w)
-        b -= lr * g.mean()
-    # undo the standardisation: w·(x-mu)/sd + b
-    ws = w / sd
-    return (*(float(v) for v in ws), float(b - (w * mu / sd).sum()))
 
 
 def expected_calibration_error(conf: list[float], correct: list[bool], bins: int = 10) -> float:

@@ -217,23 +217,20 @@ def cmd_chat(args) -> int:
         print()
 
 
-def cmd_pack_reader(args) -> int:
-    from pathlib import Path
+class DeprecatedAlias(argparse.Action):
+    """An old option spelling that still works, with a note on stderr naming the new one."""
 
-    from qa.packed import pack_reader
+    def __init__(self, option_strings, dest, new: str = "", **kw):
+        self.new = new
+        super().__init__(option_strings, dest, **kw)
 
-    meta = pack_reader(args.model, args.base, args.rank, args.out, args.keep_embeddings)
-    size = sum(f.stat().st_size for f in Path(args.out).iterdir())
-    print(f"{args.out}: rank-{args.rank} delta over {args.base}, {len(meta['lowrank'])} low-rank "
-          f"matrices (mean relative error {meta['mean_relative_error']:.3f}), "
-          f"{size / 1e6:.1f} MB in all")
-    return 0
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"spanqa: note: {option_string} is now {self.new}; the old name will go.",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = Parser(prog="spanqa", description="Answer questions with spans copied from your documents.")
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
-
+def register_index(sub) -> None:
     from index.documents import MAX_DOCUMENT_CHARS
 
     p = sub.add_parser("index", help="build or update an index on disk")
@@ -256,44 +253,91 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"refuse a file with more text than this (default {MAX_DOCUMENT_CHARS:,})")
     p.set_defaults(func=cmd_index)
 
+
+def add_answers_option(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("--answers", dest="top_k", type=count_option("answers", 20), default=3,
+                   help=f"answers to {verb}, best + runner-ups, 1-20 (default 3)")
+    p.add_argument("--top-k", dest="top_k", type=count_option("answers", 20),
+                   action=DeprecatedAlias, new="--answers", help=argparse.SUPPRESS)
+
+
+def register_ask(sub) -> None:
     p = sub.add_parser("ask", help="answer one or more questions")
     p.add_argument("question", nargs="+")
     add_source_options(p)
-    p.add_argument("--top-k", "--answers", dest="top_k", type=count_option("answers", 20),
-                   default=3, help="answers to return, best + runner-ups (default 3)")
+    add_answers_option(p, "return")
     p.add_argument("--json", action="store_true", help="print the whole Answer as JSON")
     p.set_defaults(func=cmd_ask)
 
+
+def register_chat(sub) -> None:
     p = sub.add_parser("chat", help="a chat loop in the terminal")
     add_source_options(p)
-    p.add_argument("--top-k", "--answers", dest="top_k", type=count_option("answers", 20),
-                   default=3, help="answers to show, best + runner-ups (default 3)")
+    add_answers_option(p, "show")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("pack-reader", help="ship a reader as a low-rank delta over a pip-shipped "
-                       "base (qa/packed.py)")
-    p.add_argument("model", help="a trained QA model folder (from train-reader)")
-    p.add_argument("--base", required=True, help="the base it was trained from, e.g. all-mpnet-base-v2")
-    p.add_argument("--rank", type=int, default=64)
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--keep-embeddings", action="store_true",
-                   help="also store the embedding tables' delta (default: leave them at the base)")
-    p.set_defaults(func=cmd_pack_reader)
 
-    # Listed for --help; main() hands their arguments to their own parsers.
-    sub.add_parser("train-reader", help="train an extractive reader (qa/train.py)", add_help=False)
-    sub.add_parser("calibrate-reader", help="fit confidence and abstention (qa/calibrate.py)",
-                   add_help=False)
-    sub.add_parser("train-retriever", help="fine-tune the embedder as a retriever "
-                   "(qa/training/retriever.py)", add_help=False)
-    sub.add_parser("pack-embedder", help="ship a trained retriever as fp16 encoder weights "
-                   "over its pip-shipped base", add_help=False)
+def passthrough(sub, name: str, help: str, main: str) -> None:
+    """A command with its own argument parser (``main(argv)`` in module:function form): the
+    arguments after its name go to it untouched."""
+    p = sub.add_parser(name, help=help, add_help=False)
+    p.set_defaults(func=lambda args: _load(main)(args.rest), passthrough=True)
 
+
+# Every subcommand: its name and the function that adds it to the parser. qa's own are listed
+# here; packages that build on qa add theirs through the entry-point group
+# ``spanqa.commands`` (``ui`` adds ``serve``, ``eval`` adds ``eval``), so qa never imports them.
+COMMANDS = {
+    "index": register_index,
+    "ask": register_ask,
+    "chat": register_chat,
+    "train-reader": lambda sub: passthrough(
+        sub, "train-reader", "train an extractive reader (qa/training/reader.py)",
+        "qa.training.reader:main"),
+    "calibrate-reader": lambda sub: passthrough(
+        sub, "calibrate-reader", "fit confidence and abstention (qa/training/calibrate.py)",
+        "qa.training.calibrate:main"),
+    "pack-reader": lambda sub: passthrough(
+        sub, "pack-reader", "ship a reader as a low-rank delta over a pip-shipped base",
+        "qa.training.pack:main"),
+    "train-retriever": lambda sub: passthrough(
+        sub, "train-retriever", "fine-tune the embedder as a retriever "
+        "(qa/training/retriever.py)", "qa.training.retriever:main"),
+    "pack-embedder": lambda sub: passthrough(
+        sub, "pack-embedder", "ship a trained retriever as fp16 encoder weights over its base",
+        "qa.training.retriever:pack_main"),
+}
+
+
+def _load(spec: str):
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _unavailable(name: str, exc: Exception):
+    def register(sub):
+        p = sub.add_parser(name, help=f"(unavailable: {exc})", add_help=False)
+
+        def fail(args):
+            raise SpanQAError(f"The command {name!r} could not be loaded ({exc}); reinstall "
+                              "spanqa with its extras.")
+        p.set_defaults(func=fail, passthrough=True)
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = Parser(prog="spanqa", description="Answer questions with spans copied from your documents.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
+    registry = dict(COMMANDS)
     for ep in entry_points(group="spanqa.commands"):
         try:
-            ep.load()(sub)
-        except Exception as exc:  # a broken plugin must not take the core CLI down
-            print(f"spanqa: command {ep.name!r} unavailable ({exc})", file=sys.stderr)
+            registry.setdefault(ep.name, ep.load())
+        except Exception as exc:  # reported when that command is used, not at every start
+            registry.setdefault(ep.name, _unavailable(ep.name, exc))
+    for register in registry.values():
+        register(sub)
     return ap
 
 
@@ -301,23 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     quiet_libraries()
     try:
-        if argv and argv[0] == "train-reader":
-            from qa.train import main as train_main
-
-            return train_main(argv[1:])
-        if argv and argv[0] == "calibrate-reader":
-            from qa.calibrate import main as calibrate_main
-
-            return calibrate_main(argv[1:])
-        if argv and argv[0] == "train-retriever":
-            from qa.training.retriever import main as train_retriever_main
-
-            return train_retriever_main(argv[1:])
-        if argv and argv[0] == "pack-embedder":
-            from qa.training.retriever import pack_main
-
-            return pack_main(argv[1:])
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        if getattr(args, "passthrough", False):
+            args.rest = argv[argv.index(args.command) + 1:]
+        elif rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return int(args.func(args) or 0)
     except SpanQAError as exc:
         print(f"spanqa: error: {exc}", file=sys.stderr)

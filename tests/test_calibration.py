@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 
 from qa import DocumentQA
-from qa.calibrate import length_penalty_scores
-from qa.calibrate import main as calibrate_main
-from qa.calibration import Calibration, expected_calibration_error, fit_platt
+from qa.calibration import Calibration, expected_calibration_error
 from qa.reader import READER_CONFIG_FILE, ExtractiveReader
+from qa.training.calibrate import fit_platt, length_penalty_scores
+from qa.training.calibrate import main as calibrate_main
 
 
 def test_fit_platt_recovers_three_weights_and_calibrates():

@@ -6,10 +6,10 @@ import random
 import numpy as np
 import pytest
 
-from qa.distill import MASKED, TeacherCache, align_to_student, distill_loss
 from qa.squad import SquadQuestion
-from qa.train import build_features
-from qa.train import main as train_main
+from qa.training.distill import MASKED, TeacherCache, align_to_student, distill_loss
+from qa.training.reader import build_features
+from qa.training.reader import main as train_main
 
 CTX = ("Alpha facts come first. " * 30) + "The bridge was opened in 1932 by Mayor Lena Ruiz. " + ("Omega. " * 30)
 

@@ -9,7 +9,8 @@ import torch
 from transformers import BertConfig, BertForQuestionAnswering, BertModel
 
 from qa.errors import ModelNotFoundError
-from qa.packed import DELTA_CONFIG_FILE, _ConcatFile, load_packed, pack_reader
+from qa.packed import DELTA_CONFIG_FILE, _ConcatFile, load_packed
+from qa.training.pack import pack_reader
 
 
 @pytest.fixture()

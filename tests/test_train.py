@@ -3,7 +3,7 @@ import json
 import random
 
 from qa.squad import SquadQuestion
-from qa.train import (
+from qa.training.reader import (
     build_features,
     collate,
     due,
@@ -12,7 +12,7 @@ from qa.train import (
     span_loss,
     wrong_document_negatives,
 )
-from qa.train import main as train_main
+from qa.training.reader import main as train_main
 
 CTX = ("Alpha facts come first. " * 30) + "The bridge was opened in 1932 by Mayor Lena Ruiz. " + ("Omega. " * 30)
 

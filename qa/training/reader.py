@@ -1,4 +1,4 @@
-"""Train an extractive reader: ``spanqa train-reader`` / ``python -m qa.train``.
+"""Train an extractive reader: ``spanqa train-reader`` / ``python -m qa.training.reader``.
 
 Reads SQuAD-format files (1.1, and 2.0 with unanswerables), builds windows with the very
 preprocessing the reader answers with (:func:`qa.features.build_windows`), and fine-tunes any
@@ -10,7 +10,7 @@ available, else on the CPU.
 
 Mixing: each train file may carry a weight, ``path:2`` (read twice), ``path:0.5`` (half of it,
 sampled with the seed). ``--holdout-articles N`` keeps the last N articles of the first file out
-of training (written to ``holdout.json``) for calibration by :mod:`qa.calibrate`.
+of training (written to ``holdout.json``) for calibration by :mod:`qa.training.calibrate`.
 """
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qa.distill import TeacherCache, distill_loss, fill_teacher_cache, fingerprint
-from qa.features import answer_token_positions, build_windows
+from qa.features import build_windows
 from qa.metrics import score
 from qa.packed import resolve_base
 from qa.reader import READER_CONFIG_FILE, ExtractiveReader, ReaderConfig
 from qa.squad import SquadQuestion, load_squad, questions_of
+from qa.training.distill import TeacherCache, distill_loss, fill_teacher_cache, fingerprint
 
 
 def default_base_model() -> str:
@@ -57,6 +57,29 @@ def gold_targets(q: SquadQuestion) -> list[tuple[str, int]]:
     if first is None:
         return []
     return [first] + [a for a in dict.fromkeys(q.answers) if a != first]
+
+
+def answer_token_positions(
+    offsets: list[tuple[int, int] | None], char_start: int, char_end: int
+) -> tuple[int, int] | None:
+    """Token positions (start, end) covering ``[char_start, char_end)`` in one window.
+
+    ``None`` when the answer is not wholly inside the window (training then points the
+    window at the no-answer position, index 0).
+    """
+    ctx = [i for i, o in enumerate(offsets) if o is not None]
+    if not ctx or offsets[ctx[0]][0] > char_start or offsets[ctx[-1]][1] < char_end:
+        return None
+    start = end = None
+    for i in ctx:
+        s, e = offsets[i]
+        if start is None and e > char_start:
+            start = i
+        if s < char_end:
+            end = i
+    if start is None or end is None or end < start:
+        return None
+    return start, end
 
 
 class TrainWindow(NamedTuple):
@@ -254,7 +277,7 @@ def evaluate(model, tokenizer, config: ReaderConfig, questions: list[SquadQuesti
 
 def collate(feats: list[TrainWindow], batch: list[int], pad_id: int, device: str, teacher=None):
     """Tensors for one batch, padded to its longest window; with ``teacher`` (the
-    :class:`qa.distill.TeacherCache` array) also the teacher's aligned logits."""
+    :class:`qa.training.distill.TeacherCache` array) also the teacher's aligned logits."""
     import torch
 
     width = max(len(feats[j].input_ids) for j in batch)
@@ -292,7 +315,7 @@ def span_loss(model, batch, distill_alpha: float = 1.0, temperature: float = 2.0
     With one gold span this is the usual (CE(start) + CE(end)) / 2; with several, a window is
     right when it points at any of them. Padding can never be predicted. When the batch holds
     teacher logits and ``distill_alpha`` < 1, the loss is ``alpha * NLL + (1 - alpha) * KD``
-    (:func:`qa.distill.distill_loss`)."""
+    (:func:`qa.training.distill.distill_loss`)."""
     import torch
 
     inputs = {k: v for k, v in batch.items() if k not in _NOT_INPUTS}

@@ -33,11 +33,36 @@ from pathlib import Path
 
 import numpy as np
 
-from qa.calibration import Calibration, expected_calibration_error, fit_platt
+from qa.calibration import Calibration, expected_calibration_error
 from qa.decoding import decode_windows
 from qa.metrics import score
 from qa.reader import READER_CONFIG_FILE, ExtractiveReader
 from qa.squad import SquadArticle, load_squad
+
+
+def fit_platt(features: list[tuple[float, ...]], correct: list[bool], steps: int = 3000,
+              lr: float = 0.05, l2: float = 1e-3) -> tuple[float, ...]:
+    """Logistic regression of ``correct`` on the features (e.g. ``(logit, logit - null_logit,
+    relevance)``).
+
+    Returns one weight per feature, then the bias. Plain gradient descent on standardised
+    features: three features and a few thousand points need nothing more.
+    """
+    import numpy as np
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    mu, sd = x.mean(0), x.std(0) + 1e-9
+    z = (x - mu) / sd
+    w, b = np.zeros(x.shape[1]), 0.0
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(z @ w + b)))
+        g = p - y
+        w -= lr * (z.T @ g / len(y) + l2 * w)
+        b -= lr * g.mean()
+    # undo the standardisation: w·(x-mu)/sd + b
+    ws = w / sd
+    return (*(float(v) for v in ws), float(b - (w * mu / sd).sum()))
 
 
 def build_cases(articles: list[SquadArticle], embedder, rng: random.Random, limit: int):

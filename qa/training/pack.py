@@ -1,0 +1,93 @@
+"""Pack a fine-tuned reader as a low-rank delta over a base that pip ships:
+``spanqa pack-reader MODEL --base all-mpnet-base-v2 --rank 64 --out DIR``.
+
+The loader, :func:`qa.packed.load_packed`, is on the answering path; this writer is not.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from qa.errors import ModelNotFoundError, SpanQAError
+from qa.packed import DELTA_CONFIG_FILE, DELTA_FORMAT, DELTA_FORMAT_VERSION, DELTA_WEIGHTS_FILE, _base_key, _empty_qa_model, resolve_base
+
+
+def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
+                keep_embeddings: bool = False) -> dict:
+    """Write ``out``: the QA model at ``model_dir`` as a rank-``rank`` delta over ``base``.
+
+    2-D weights become ``U`` (out x r) and ``V`` (r x in) from a truncated SVD of the delta;
+    1-D tensors and tensors the base lacks (the span head) are kept whole; embedding tables
+    stay at the base unless ``keep_embeddings`` (they barely move in fine-tuning and are the
+    largest matrices; measured: dropping their delta costs nothing on dev). Returns the
+    ``spanqa_delta.json`` written."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model_dir, out = Path(model_dir), Path(out)
+    if rank < 1:
+        raise SpanQAError(f"--rank must be at least 1, not {rank}.")
+    base_dir = Path(resolve_base(base))
+    for d, what in ((model_dir, "fine-tuned model"), (base_dir, "base model")):
+        if not (d / "model.safetensors").is_file():
+            raise ModelNotFoundError(f"No {what} at {d} (it has no model.safetensors).")
+    tuned = load_file(str(model_dir / "model.safetensors"))
+    base_sd = load_file(str(base_dir / "model.safetensors"))
+    prefix = _empty_qa_model(model_dir).base_model_prefix
+    tensors, lowrank, whole, at_base, rel_err = {}, [], [], [], {}
+    for key, w in tuned.items():
+        bk = _base_key(key, prefix, base_sd)
+        w = w.float()
+        if bk is None or w.dim() == 1:
+            tensors[key] = w.half().contiguous()
+            whole.append(key)
+            continue
+        delta = w - base_sd[bk].float()
+        if "embeddings" in key and not keep_embeddings:
+            at_base.append(key)
+            continue
+        u, s, v = torch.linalg.svd(delta, full_matrices=False)
+        r = min(rank, s.numel())
+        U, V = (u[:, :r] * s[:r]).contiguous(), v[:r].contiguous()
+        rel_err[key] = float((delta - U @ V).norm() / max(float(delta.norm()), 1e-12))
+        tensors[key + ".lowrank_u"], tensors[key + ".lowrank_v"] = U.half(), V.half()
+        lowrank.append(key)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", DELTA_WEIGHTS_FILE,
+                                          DELTA_CONFIG_FILE):
+            shutil.copy(f, out / f.name)
+    (out / "model.safetensors").unlink(missing_ok=True)
+    save_file(tensors, str(out / DELTA_WEIGHTS_FILE))
+    base_info = json.loads((base_dir / "base.json").read_text()) if (
+        base_dir / "base.json").is_file() else {}
+    meta = {
+        "format": DELTA_FORMAT, "version": DELTA_FORMAT_VERSION,
+        "base": base, "base_sha256": base_info.get("model_sha256"),
+        "base_packages": base_info.get("packages"), "rank": rank,
+        "lowrank": lowrank, "whole": whole, "at_base": at_base,
+        "mean_relative_error": sum(rel_err.values()) / max(len(rel_err), 1),
+    }
+    (out / DELTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="spanqa pack-reader",
+                                 description="Ship a reader as a low-rank delta over a pip-shipped base.")
+    ap.add_argument("model", help="a trained QA model folder (from train-reader)")
+    ap.add_argument("--base", required=True, help="the base it was trained from, e.g. all-mpnet-base-v2")
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--out", required=True, metavar="DIR")
+    ap.add_argument("--keep-embeddings", action="store_true",
+                    help="also store the embedding tables' delta (default: leave them at the base)")
+    args = ap.parse_args(argv)
+    meta = pack_reader(args.model, args.base, args.rank, args.out, args.keep_embeddings)
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir())
+    print(f"{args.out}: rank-{args.rank} delta over {args.base}, {len(meta['lowrank'])} low-rank "
+          f"matrices (mean relative error {meta['mean_relative_error']:.3f}), "
+          f"{size / 1e6:.1f} MB in all")
+    return 0
