@@ -2,11 +2,15 @@
 
 ``confidence = right × on_topic``, two logistic models (Platt scaling) fitted on held-out data:
 
-* ``right = sigmoid(span_weight * logit + margin_weight * (logit - null_logit) + bias)``: the
-  chance the span is exactly right when the passages are about the question. ``logit`` is the
-  span's start+end logit, ``null_logit`` its window's no-answer logit. With
-  ``margin_weight = 0`` this is Haystack's ``sigmoid(logit * calibration_factor)``. Fitted on
-  answerable held-out questions, target exact match: 0.8 means about 8 answers in 10 are right.
+* ``right = sigmoid(span_weight * logit + margin_weight * (logit - null_logit)
+  + relevance_weight * relevance + bias)``: the chance the span is exactly right when the
+  passages are about the question. ``logit`` is the span's start+end logit, ``null_logit`` its
+  window's no-answer logit. With ``margin_weight = relevance_weight = 0`` this is Haystack's
+  ``sigmoid(logit * calibration_factor)``. Fitted on answerable held-out questions, target
+  exact match: 0.8 means about 8 answers in 10 are right. Fitted on the passages a retriever
+  hands the reader (``calibrate-reader --cases retrieved``), every span of each question
+  counts and ``relevance_weight`` learns how much the passage's similarity to the question
+  says about its spans, so the best span of five passages is as likely right as that of three.
 * ``on_topic = sigmoid(topic_span_weight * logit + topic_margin_weight * (logit - null_logit)
   + topic_relevance_weight * relevance + topic_bias)``: the chance the passages are about the
   question at all. ``relevance`` is the cosine similarity between the question and the span's
@@ -36,6 +40,7 @@ class Calibration:
     span_weight: float = 0.1  # Haystack's default calibration factor, for uncalibrated models
     margin_weight: float = 0.0
     bias: float = 0.0
+    relevance_weight: float = 0.0  # in `right` too: ranks spans across retrieved passages
     threshold: float = 0.5
     topic_span_weight: float = 0.0
     topic_margin_weight: float = 0.0
@@ -49,10 +54,11 @@ class Calibration:
         return any((self.topic_span_weight, self.topic_margin_weight,
                     self.topic_relevance_weight, self.topic_bias))
 
-    def right(self, logit: float, null_logit: float) -> float:
+    def right(self, logit: float, null_logit: float, relevance: float | None = None) -> float:
         """Chance the span is exactly right, given passages about the question."""
+        rel = self.relevance_default if relevance is None else relevance
         return _sigmoid(self.span_weight * logit + self.margin_weight * (logit - null_logit)
-                        + self.bias)
+                        + self.relevance_weight * rel + self.bias)
 
     def on_topic(self, logit: float, null_logit: float, relevance: float | None = None) -> float:
         """Chance the passage is about the question at all (1 without a fitted topic model)."""
@@ -64,11 +70,11 @@ class Calibration:
                         + self.topic_relevance_weight * rel + self.topic_bias)
 
     def confidence(self, logit: float, null_logit: float, relevance: float | None = None) -> float:
-        return self.right(logit, null_logit) * self.on_topic(logit, null_logit, relevance)
+        return self.right(logit, null_logit, relevance) * self.on_topic(logit, null_logit, relevance)
 
     def accepts_relevance_from(self, embedder_name: str | None) -> bool:
         """Whether similarities by this embedder are on the scale the weights were fitted on."""
-        return bool(self.topic_relevance_weight) and bool(embedder_name) and (
+        return bool(self.topic_relevance_weight or self.relevance_weight) and bool(embedder_name) and (
             _model_key(embedder_name) == _model_key(self.relevance_model))
 
     def to_dict(self) -> dict:

@@ -122,3 +122,26 @@ def test_length_penalty_scores_decode_the_same_logits_once_per_penalty():
     assert [r["length_penalty"] for r in table] == [0.0, 0.5]
     assert table[0]["em"] == 0.0 and math.isclose(table[0]["f1"], 50.0)  # 1 of 3 tokens right
     assert table[1]["em"] == 100.0 and table[1]["f1"] == 100.0
+
+
+def test_span_model_fitted_on_retrieved_passages_learns_to_rank_by_relevance():
+    """Spans of relevant passages are right more often at the same logit: fitted on every
+    top span of retrieved passage sets, the span model gives relevance a positive weight and
+    ranks an equal-logit span of a relevant passage first."""
+    from qa.training.calibrate import fit_calibration
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for _ in range(600):
+        spans = []
+        for _ in range(5):
+            logit, rel = rng.normal(6, 2), rng.uniform(0.1, 0.9)
+            right = rng.random() < 1 / (1 + np.exp(-(0.6 * logit + 8 * rel - 9)))
+            spans.append({"logit": logit, "null": 0.0, "relevance": rel, "em": float(right),
+                          "f1": float(right)})
+        rows.append({"kind": "answerable", "spans": spans})
+    cal = fit_calibration(rows, use_relevance=True, relevance_model="m", span_relevance=True)
+    assert cal.relevance_weight > 3.0
+    assert cal.right(6.0, 0.0, 0.8) > cal.right(6.0, 0.0, 0.2)
+    plain = fit_calibration(rows, use_relevance=True, relevance_model="m")
+    assert plain.relevance_weight == 0.0

@@ -92,6 +92,39 @@ def build_cases(articles: list[SquadArticle], embedder, rng: random.Random, limi
     return cases
 
 
+def build_retrieved_cases(articles: list[SquadArticle], embedder, rng: random.Random, limit: int,
+                          passages: int):
+    """Like :func:`build_cases`, but each question reads the ``passages`` chunks the retriever
+    finds in its article's own index, as users' questions do (the gold paragraph may be
+    missing); wrong-document cases read what it finds in another article's index."""
+    from index.store import DocumentStore
+    from qa.retriever import Retriever
+    from qa.squad import article_document
+
+    retrievers = {}
+    for i, a in enumerate(articles):
+        store = DocumentStore(embedder)
+        store.add([article_document(a, f"cal{i}")[0]])
+        retrievers[a.title] = Retriever(store, top_k=passages)
+    qs = [q for a in articles for q in a.questions]
+    rng.shuffle(qs)
+    qs = qs[:limit]
+    cases = []
+    for i in range(0, len(qs), 64):
+        batch = qs[i:i + 64]
+        for title in {q.title for q in batch}:
+            mine = [q for q in batch if q.title == title]
+            for q, ps in zip(mine, retrievers[title].retrieve_many([q.question for q in mine])):
+                cases.append(("unanswerable" if q.is_impossible else "answerable", q.question,
+                              [p.chunk.text for p in ps], q.gold_texts, [p.score for p in ps]))
+                if not q.is_impossible and len(articles) > 1:
+                    other = rng.choice([a.title for a in articles if a.title != title])
+                    ops = retrievers[other].retrieve(q.question)
+                    cases.append(("wrong_document", q.question, [p.chunk.text for p in ops], [],
+                                  [p.score for p in ops]))
+    return cases
+
+
 def length_penalty_scores(start, end, offsets, pair_index, passages: list[str],
                           golds: list[list[str]], penalties: list[float], max_answer_len: int,
                           top_n: int) -> list[dict]:
@@ -131,19 +164,31 @@ def choose_length_penalty(reader, articles: list[SquadArticle], penalties: list[
 
 
 def fit_calibration(rows: list[dict], use_relevance: bool = True,
-                    relevance_model: str = "") -> Calibration:
+                    relevance_model: str = "", span_relevance: bool = False,
+                    spans_per_case: int = 5) -> Calibration:
     """Both halves of :class:`~qa.calibration.Calibration` from the reader's raw spans.
 
     Each case is represented by its highest-logit span. ``right`` is fitted on the answerable
     cases (target: exact match); ``on_topic`` on answerable cases (1) against wrong-document
-    cases (0), from the logits and the passage's similarity to the question."""
+    cases (0), from the logits and the passage's similarity to the question.
+
+    With ``span_relevance`` (cases read from retrieved passages), ``right`` is fitted on the
+    top ``spans_per_case`` spans of every answerable case by logit, whichever passage they
+    come from, with the passage's similarity as a third feature: it learns to rank spans of
+    different passages, not only to scale the best one."""
     def top(r):
         return max(r["spans"], key=lambda s: s["logit"], default=None)
 
     ans = [top(r) for r in rows if r["kind"] == "answerable" and r["spans"]]
-    sw, mw, b = fit_platt([(s["logit"], s["logit"] - s["null"]) for s in ans],
-                          [s["em"] == 1.0 for s in ans])
-    cal = Calibration(span_weight=sw, margin_weight=mw, bias=b)
+    if span_relevance and use_relevance:
+        many = [s for r in rows if r["kind"] == "answerable"
+                for s in sorted(r["spans"], key=lambda s: -s["logit"])[:spans_per_case]]
+        sw, mw, rw, b = fit_platt([(s["logit"], s["logit"] - s["null"], s["relevance"])
+                                   for s in many], [s["em"] == 1.0 for s in many])
+    else:
+        (sw, mw, b), rw = fit_platt([(s["logit"], s["logit"] - s["null"]) for s in ans],
+                                    [s["em"] == 1.0 for s in ans]), 0.0
+    cal = Calibration(span_weight=sw, margin_weight=mw, bias=b, relevance_weight=rw)
     wrong = [top(r) for r in rows if r["kind"] == "wrong_document" and r["spans"]]
     if use_relevance and ans and wrong:
         spans = ans + wrong
@@ -152,6 +197,7 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
             [True] * len(ans) + [False] * len(wrong))
         cal.topic_span_weight, cal.topic_margin_weight = tsw, tmw
         cal.topic_relevance_weight, cal.topic_bias = trw, tb
+    if use_relevance and ans:
         cal.relevance_default = float(sum(s["relevance"] for s in ans) / len(ans))
         cal.relevance_model = relevance_model
     return cal
@@ -189,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--length-penalties", nargs="+", type=float, metavar="LP",
                     help="first choose the decoding length penalty among these (best F1 on the "
                          "answerable questions, gold paragraph), then calibrate with it")
+    ap.add_argument("--cases", choices=["gold", "retrieved"], default="gold",
+                    help="gold: each question reads its gold paragraph and the two most similar "
+                         "ones; retrieved: the passages the retriever finds in the article's "
+                         "index, and every top span fits the span model (see fit_calibration)")
+    ap.add_argument("--passages", type=int, default=5, help="passages per retrieved case")
+    ap.add_argument("--embedder", default=None, help="embedder for similarities (default: "
+                                                     "spanqa's default)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--save-rows", help="write what the reader found per case (jsonl), to refit "
                                         "later with --from-rows without reading again")
@@ -212,7 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data:
             ap.error("--data (or --holdout-json, or --from-rows) is required")
         articles = [a for a in load_squad(args.data) if not titles or a.title in titles]
-        cases = build_cases(articles, shared_embedder(), random.Random(args.seed), args.limit)
+        embedder = shared_embedder(args.embedder or DEFAULT_EMBEDDER)
+        if args.cases == "retrieved":
+            cases = build_retrieved_cases(articles, embedder, random.Random(args.seed), args.limit,
+                                          args.passages)
+        else:
+            cases = build_cases(articles, embedder, random.Random(args.seed), args.limit)
         reader = ExtractiveReader(args.reader)
         reader.warm_up()
         if args.length_penalties:
@@ -224,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_rows:
         Path(args.save_rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    cal = fit_calibration(rows, not args.no_relevance, DEFAULT_EMBEDDER)
+    cal = fit_calibration(rows, not args.no_relevance, args.embedder or DEFAULT_EMBEDDER,
+                          span_relevance=args.cases == "retrieved")
     for r in rows:  # the answer users get: the span with the highest confidence
         for s in r["spans"]:
             s["conf"] = cal.confidence(s["logit"], s["null"], s["relevance"])
@@ -255,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     ece = expected_calibration_error([r["conf"] for r in ans], [r["em"] == 1.0 for r in ans])
     ece_all = expected_calibration_error([r["conf"] for r in rows], [r["em"] == 1.0 for r in rows])
     source = Path(args.data).name if args.data else args.from_rows
-    report = {"data": source, "titles": titles, "cases": len(rows), "ece_answerable": ece,
+    report = {"data": source, "titles": titles, "cases": len(rows), "case_kind": args.cases,
+              "passages": args.passages if args.cases == "retrieved" else 3,
+              "embedder": args.embedder or DEFAULT_EMBEDDER, "ece_answerable": ece,
               "ece_all": ece_all, "relevance": not args.no_relevance,
               "calibration": cal.to_dict(), "never_abstain": never, "at_threshold": final,
               "f1_cost": never["answerable"]["f1"] - final["answerable"]["f1"],
@@ -269,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg["length_penalty"] = chosen_lp
         report["length_penalty_table"] = lp_table
     cfg["calibration_report"] = {k: report[k] for k in
-                                 ("data", "titles", "cases", "ece_answerable", "ece_all",
+                                 ("data", "titles", "cases", "case_kind", "passages", "embedder",
+                                  "ece_answerable", "ece_all",
                                   "relevance", "never_abstain", "at_threshold", "f1_cost",
                                   "length_penalty_table") if k in report}
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
