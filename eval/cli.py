@@ -44,6 +44,14 @@ def run(args) -> int:
         return 0
     if not args.data or not args.out:
         raise SpanQAError("spanqa eval needs DATA.json and --out DIR (or --compare RUN_A RUN_B).")
+    from eval.dialogues import evaluate_dialogues, is_dialogue_set, write
+
+    if is_dialogue_set(args.data):
+        rows, metrics = evaluate_dialogues(args.data, args.reader, args.passages, args.threshold)
+        report = write(Path(args.out), rows, metrics)
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items()}))
+        print(f"report: {report}")
+        return 0
     from eval.metrics import ece, summarize
     from eval.report import write_report, write_run
     from eval.runner import EvalConfig, evaluate, single_question_latency

@@ -195,8 +195,10 @@ def cmd_chat(args) -> int:
     qa = open_qa(args)
     qa.warm_up()
     docs = ", ".join(d.title for d in qa.store.documents.values())
-    print(f"Ask about: {docs}\n(empty line or Ctrl-D to leave)")
+    print(f"Ask about: {docs}\nFollow-up questions are read in the light of the last answer; "
+          "/new starts over. (Empty line or Ctrl-D to leave.)")
     color = sys.stdout.isatty()
+    conv = qa.chat()
     if hasattr(sys.stdin, "reconfigure"):  # undecodable input becomes U+FFFD, not a crash
         sys.stdin.reconfigure(errors="surrogateescape")
     while True:
@@ -210,8 +212,15 @@ def cmd_chat(args) -> int:
             return 130
         if not q.strip() or q.strip().lower() in {"quit", "exit"}:
             return 0
+        if q.strip().lower() in {"/new", "/reset"}:
+            conv.reset()
+            print("(a new conversation)\n")
+            continue
         try:
-            print(format_answer(qa.ask(q, top_k=args.top_k, threshold=args.threshold), color))
+            a = conv.ask(q, top_k=args.top_k, threshold=args.threshold)
+            if a.read_as and a.read_as != a.question:
+                print(f"{DIM if color else ''}Read as: {a.read_as}{RESET if color else ''}")
+            print(format_answer(a, color))
         except SpanQAError as exc:
             print(f"spanqa: {exc}")
         print()

@@ -12,6 +12,7 @@ import threading
 import time
 import unicodedata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from index.documents import Document, document_from_text, load_file, replace_surrogates
 from index.store import DocumentStore
@@ -19,6 +20,9 @@ from qa.errors import DocumentError, EmptyQuestionError, OptionError
 from qa.reader import ExtractiveReader, ReaderResult
 from qa.retriever import DEFAULT_TOP_K, Retriever
 from qa.types import Answer, Passage
+
+if TYPE_CHECKING:
+    from qa.conversation import Conversation
 
 DEFAULT_DOCUMENT = Path(__file__).resolve().parent / "data" / "us-weapons-in-russia.txt"
 MAX_QUESTION_CHARS = 1000
@@ -173,17 +177,30 @@ class DocumentQA:
         for i in range(0, len(clean), batch_size):
             t0 = time.perf_counter()
             qs = clean[i:i + batch_size]
-            retrieved = self.retriever.retrieve_many(qs, passages)
-            results = self.reader.predict_many(
-                qs, [[p.chunk.text for p in ps] for ps in retrieved], top_k=max(top_k, 1),
-                threshold=threshold, relevance=[[p.score for p in ps] for ps in retrieved],
-                relevance_model=self.store.embedder.name)
+            answers = self.read(qs, self.retriever.retrieve_many(qs, passages), top_k, threshold)
             ms = (time.perf_counter() - t0) * 1000 / len(qs)
-            for q, ps, r in zip(qs, retrieved, results):
-                a = self._answer(q, ps, r)
+            for a in answers:
                 a.latency_ms = ms
-                out.append(a)
+            out.extend(answers)
         return out
+
+    def read(self, questions: list[str], passages: list[list[Passage]], top_k: int = 3,
+             threshold: float | None = None) -> list[Answer]:
+        """The reader's answers to (already checked) questions over the given passages: the
+        step after retrieval, for callers that choose passages themselves (a conversation
+        adds the passage of the previous answer)."""
+        results = self.reader.predict_many(
+            questions, [[p.chunk.text for p in ps] for ps in passages], top_k=max(top_k, 1),
+            threshold=threshold, relevance=[[p.score for p in ps] for ps in passages],
+            relevance_model=self.store.embedder.name)
+        return [self._answer(q, ps, r) for q, ps, r in zip(questions, passages, results)]
+
+    def chat(self) -> "Conversation":
+        """A conversation over these documents: follow-up questions are read in the light of
+        the earlier turns (see :mod:`qa.conversation`)."""
+        from qa.conversation import Conversation
+
+        return Conversation(self)
 
     def _answer(self, question: str, passages: list[Passage], result: ReaderResult) -> Answer:
         spans = []

@@ -48,6 +48,7 @@ class Answer:
     candidates: list["Answer"] = field(default_factory=list)  # runner-ups (or, abstaining, all)
     passages: list[Passage] = field(default_factory=list)  # what the retriever handed the reader
     latency_ms: float | None = None
+    read_as: str | None = None  # in a conversation: the self-contained question answered
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -117,21 +117,24 @@ def create_app(base: DocumentQA, examples: list[str] | None = None) -> gr.Blocks
             log.exception("ask failed")
             raise gr.Error("Something went wrong while answering; please try again.") from None
 
-    def on_chat(question, history, session, passages, threshold):
+    def on_chat(question, history, session, conv, passages, threshold):
         history = list(history or [])
         if not (question or "").strip():
             gr.Warning("Please type a question first.")
-            return history, question
+            return history, question, conv
         history.append({"role": "user", "content": question})
+        qa = current(session)
+        if conv is None or conv.qa is not qa:  # a new visitor, or a new document took over
+            conv = qa.chat()
         try:
-            a = current(session).ask(question, passages=int(passages), threshold=float(threshold))
+            a = conv.ask(question, passages=int(passages), threshold=float(threshold))
             history.extend(answer_messages(a))
         except SpanQAError as exc:
             history.append({"role": "assistant", "content": f"⚠️ {safe_text(str(exc), False)}"})
         except Exception:
             log.exception("chat failed")
             history.append({"role": "assistant", "content": "⚠️ Something went wrong; please try again."})
-        return history, ""
+        return history, "", conv
 
     def load_upload(path, progress) -> tuple[DocumentQA, str]:
         """The visitor's new DocumentQA and a status line; SpanQAError when refused (and the
@@ -168,6 +171,7 @@ def create_app(base: DocumentQA, examples: list[str] | None = None) -> gr.Blocks
 
     with gr.Blocks(title="spanqa") as demo:
         session = gr.State(None)
+        conversation = gr.State(None)  # this visitor's Conversation (follow-ups read in context)
         gr.Markdown("## spanqa · answers copied from your document")
         info = gr.Markdown(describe(base), elem_id="doc-info")
         chatbot = gr.Chatbot(label="Chat", height=520, elem_id="chat", sanitize_html=True)
@@ -188,12 +192,13 @@ def create_app(base: DocumentQA, examples: list[str] | None = None) -> gr.Blocks
                            file_types=list(SUPPORTED_SUFFIXES), type="filepath", elem_id="upload")
             status = gr.Markdown(elem_id="upload-status")
             back = gr.Button("Back to the bundled document", size="sm")
-        gr.ClearButton([chatbot, question], value="Clear chat")
+        clear = gr.ClearButton([chatbot, question], value="Clear chat")
+        clear.click(lambda: None, None, conversation, api_visibility="private")
 
         example_set.click(lambda s: s[0], example_set, question, api_visibility="private")
         for trigger in (send.click, question.submit):
-            trigger(on_chat, [question, chatbot, session, passages, threshold], [chatbot, question],
-                    api_visibility="private")
+            trigger(on_chat, [question, chatbot, session, conversation, passages, threshold],
+                    [chatbot, question, conversation], api_visibility="private")
         file.upload(on_upload, [file, session], [session, info, status, example_set],
                     api_visibility="private")
         back.click(on_reset, None, [session, info, status, example_set, chatbot], api_visibility="private")

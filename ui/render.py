@@ -42,15 +42,23 @@ def citation(a: Answer) -> str:
     return f"{safe_text(a.title or a.doc_id or '', False)} ({where}characters {a.start}–{a.end})"
 
 
+def read_as_note(a: Answer) -> str:
+    """How a follow-up question was read, when it was rewritten ("" otherwise)."""
+    if not a.read_as or a.read_as == a.question:
+        return ""
+    return f"<small>Read as: “{safe_text(a.read_as, False)}”</small>\n\n"
+
+
 def answer_messages(a: Answer) -> list[dict]:
     """Assistant messages for one answer (Gradio's messages format)."""
+    note = read_as_note(a)
     if a.abstained:
         parts = ["**The document doesn't say.** I found no answer I'm confident in."]
         if a.candidates:
             c = a.candidates[0]
             parts.append(f"<small>Best guess, below the threshold: “{safe_text(c.text, False)}” "
                          f"({c.score:.0%}).</small>")
-        msgs = [{"role": "assistant", "content": "\n\n".join(parts)}]
+        msgs = [{"role": "assistant", "content": note + "\n\n".join(parts)}]
         if a.passages:
             quoted = "\n\n".join(
                 f"<blockquote>{safe_text(p.chunk.text[:700])}{'…' if len(p.chunk.text) > 700 else ''}"
@@ -63,7 +71,7 @@ def answer_messages(a: Answer) -> list[dict]:
     body = (f"**{safe_text(a.text, False)}** · {confidence_badge(a.score)}\n\n"
             f"<blockquote>{highlighted_passage(a.passage_text, a.passage_start, a.passage_end)}"
             f"</blockquote>\n\n<small>Source: {citation(a)}</small>")
-    msgs = [{"role": "assistant", "content": body}]
+    msgs = [{"role": "assistant", "content": note + body}]
     if a.candidates:
         rows = "\n".join(f"- “{safe_text(c.text, False)}” ({c.score:.0%}) — {citation(c)}"
                          for c in a.candidates)
