@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from qa.calibration import Calibration
 from qa.decoding import decode_windows, drop_overlaps, min_null_logit
-from qa.errors import ModelNotFoundError
+from qa.errors import ModelNotFoundError, OptionError
 from qa.features import build_windows
 from qa.packed import is_packed, load_packed
 
@@ -42,18 +42,51 @@ class ReaderConfig:
     top_n_per_window: int = 10
     batch_size: int = 32  # windows per forward pass
     calibration: Calibration = field(default_factory=Calibration)
+    # What else the folder's spanqa_reader.json records (training provenance, calibration
+    # report, ...): kept as read and written back, so a load and save loses nothing.
+    notes: dict = field(default_factory=dict)
+
+    SETTINGS = ("max_seq_len", "doc_stride", "max_answer_len", "length_penalty",
+                "top_n_per_window", "batch_size")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {k: getattr(self, k) for k in self.SETTINGS}
         d["calibration"] = self.calibration.to_dict()
-        return d
+        return {**self.notes, **d}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ReaderConfig":
         d = dict(d)
         cal = Calibration.from_dict(d.pop("calibration", {}) or {})
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(calibration=cal, **known)
+        known = {k: d.pop(k) for k in cls.SETTINGS if k in d}
+        return cls(calibration=cal, notes=d, **known)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ReaderConfig":
+        """The folder's ``spanqa_reader.json`` (defaults when it has none)."""
+        f = Path(folder) / READER_CONFIG_FILE
+        return cls.from_dict(json.loads(f.read_text(encoding="utf-8"))) if f.is_file() else cls()
+
+    def save(self, folder: str | Path) -> None:
+        (Path(folder) / READER_CONFIG_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n",
+                                                       encoding="utf-8")
+
+    def with_overrides(self, **overrides) -> "ReaderConfig":
+        """A copy with some settings changed; an unknown or mistyped one is ``OptionError``."""
+        unknown = sorted(set(overrides) - set(self.SETTINGS))
+        if unknown:
+            raise OptionError(f"Unknown reader setting(s) {', '.join(unknown)}; the settings are "
+                              f"{', '.join(self.SETTINGS)}.")
+        out = replace(self)
+        for k, v in overrides.items():
+            if v is None:
+                continue
+            want = type(getattr(self, k))
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (want is int and v != int(v)) \
+                    or v < 0 or (k != "length_penalty" and v < 1):
+                raise OptionError(f"Reader setting {k} must be a positive {want.__name__}, not {v!r}.")
+            setattr(out, k, want(v))
+        return out
 
 
 @dataclass
@@ -109,6 +142,7 @@ class ExtractiveReader:
         self.model_name = str(model) if model is not None else "default"
         self.device = device
         self._explicit_config = config
+        ReaderConfig().with_overrides(**overrides)  # unknown or bad settings fail here, not later
         self._overrides = overrides
         self.config: ReaderConfig | None = config
         self.model = None
@@ -155,15 +189,10 @@ class ExtractiveReader:
                 raise ModelNotFoundError(
                     f"{self.model_name!r} has no fast tokenizer; character offsets need one."
                 )
-            cfg_file = Path(path) / READER_CONFIG_FILE
             if self._explicit_config is None:
-                cfg = ReaderConfig()
-                if cfg_file.is_file():
-                    cfg = ReaderConfig.from_dict(json.loads(cfg_file.read_text()))
-                for k, v in self._overrides.items():
-                    if v is not None:
-                        setattr(cfg, k, v)
-                self.config = cfg
+                folder = Path(path)
+                cfg = ReaderConfig.load(folder) if folder.is_dir() else ReaderConfig()
+                self.config = cfg.with_overrides(**self._overrides)
             model.to(self.device).eval()
             self.tokenizer, self.model = tokenizer, model
 

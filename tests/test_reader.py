@@ -63,3 +63,29 @@ def test_model_folder_config_drives_threshold(tiny_reader_dir, tmp_path):
     assert r.config.max_seq_len == 128
     assert res.abstained and all(abs(s.score - 0.0474) < 1e-3 for s in res.spans)
     assert not r.predict("What is it?", ["A cat."], threshold=0.01).abstained
+
+
+def test_reader_config_round_trips_every_key(tmp_path):
+    from qa.reader import ReaderConfig
+
+    raw = {"max_seq_len": 384, "doc_stride": 128, "max_answer_len": 30, "length_penalty": 0.02,
+           "top_n_per_window": 10, "batch_size": 16,
+           "calibration": {**ReaderConfig().calibration.to_dict(), "threshold": 0.07},
+           "training": {"base": "x", "steps": 3}, "calibration_report": {"ece_answerable": 0.05}}
+    (tmp_path / READER_CONFIG_FILE).write_text(json.dumps(raw))
+    cfg = ReaderConfig.load(tmp_path)
+    assert cfg.max_seq_len == 384 and cfg.calibration.threshold == 0.07
+    cfg.save(tmp_path)
+    assert json.loads((tmp_path / READER_CONFIG_FILE).read_text()) == raw
+
+
+def test_unknown_or_bad_reader_settings_are_errors_at_construction(tiny_reader_dir):
+    from qa.errors import OptionError
+
+    with pytest.raises(OptionError, match="Unknown reader setting.*max_seq_length"):
+        ExtractiveReader(str(tiny_reader_dir), max_seq_length=512)
+    with pytest.raises(OptionError, match="doc_stride"):
+        ExtractiveReader(str(tiny_reader_dir), doc_stride=-3)
+    r = ExtractiveReader(str(tiny_reader_dir), max_seq_len=128)
+    r.warm_up()
+    assert r.config.max_seq_len == 128

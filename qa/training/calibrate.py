@@ -36,7 +36,7 @@ import numpy as np
 from qa.calibration import Calibration, expected_calibration_error
 from qa.decoding import decode_windows
 from qa.metrics import score
-from qa.reader import READER_CONFIG_FILE, ExtractiveReader
+from qa.reader import ExtractiveReader, ReaderConfig
 from qa.squad import SquadArticle, load_squad
 
 
@@ -323,18 +323,17 @@ def main(argv: list[str] | None = None) -> int:
               "curve": [{"threshold": t, **{k: v["abstain_rate"] for k, v in a.items()},
                          "answerable_f1": a["answerable"]["f1"]}
                         for t, a in ((t, at(t)) for t in grid[::4])]}
-    cfg_path = Path(args.reader) / READER_CONFIG_FILE
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    cfg["calibration"] = cal.to_dict()
+    cfg = ReaderConfig.load(args.reader)
+    cfg.calibration = cal
     if lp_table is not None:
-        cfg["length_penalty"] = chosen_lp
+        cfg.length_penalty = chosen_lp
         report["length_penalty_table"] = lp_table
-    cfg["calibration_report"] = {k: report[k] for k in
+    cfg.notes["calibration_report"] = {k: report[k] for k in
                                  ("data", "titles", "cases", "case_kind", "passages", "embedder",
                                   "ece_answerable", "ece_all",
                                   "relevance", "never_abstain", "at_threshold", "f1_cost",
                                   "length_penalty_table") if k in report}
-    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    cfg.save(args.reader)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("cases", "ece_answerable", "ece_all", "calibration",

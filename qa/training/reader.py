@@ -23,6 +23,7 @@ import re
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,7 +32,7 @@ import numpy as np
 from qa.features import build_windows
 from qa.metrics import score
 from qa.packed import resolve_base
-from qa.reader import READER_CONFIG_FILE, ExtractiveReader, ReaderConfig
+from qa.reader import ExtractiveReader, ReaderConfig
 from qa.squad import SquadQuestion, load_squad, questions_of
 from qa.training.distill import TeacherCache, distill_loss, fill_teacher_cache, fingerprint
 
@@ -346,10 +347,7 @@ def save_reader(model, tokenizer, config: ReaderConfig, out: Path, fp16: bool = 
     if fp16:
         model.to(torch.float32)
     tokenizer.save_pretrained(out)
-    d = config.to_dict()
-    if extra:
-        d.update(extra)
-    (out / READER_CONFIG_FILE).write_text(json.dumps(d, indent=2) + "\n")
+    replace(config, notes={**config.notes, **(extra or {})}).save(out)
 
 
 def due(step: int, every: int, total: int) -> bool:
