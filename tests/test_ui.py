@@ -107,23 +107,49 @@ def test_suggested_questions_fit_the_document():
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def _open_page(pw, server):
+    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"])
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(server, wait_until="domcontentloaded")
+    page.locator("#question textarea").wait_for(timeout=60_000)
+    # Settings: threshold 0 so the random tiny reader always answers.
+    page.locator("#settings").get_by_text("Settings").first.click()
+    slider = page.locator("#threshold input[type=number]")
+    slider.fill("0")
+    slider.press("Enter")
+    return browser, page
+
+
+def _ask(page, question: str, nth: int) -> None:
+    page.locator("#question textarea").fill(question)
+    page.locator("#ask").click()
+    page.locator("#chat mark.spanqa-answer").nth(nth).wait_for(timeout=60_000)
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_reads_a_follow_up_as_a_follow_up(server):
+    from playwright.sync_api import sync_playwright
+
+    ART.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, server)
+        _ask(page, "Who is the Kremlin spokesperson?", 0)
+        _ask(page, "What did he accuse the US and NATO of?", 1)
+        note = page.locator("#chat").get_by_text("Read as:").first
+        assert note.is_visible() and " he " not in note.inner_text()
+        page.screenshot(path=str(ART / "follow-up.png"), full_page=True)
+        browser.close()
+
+
 @pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_browser_asks_and_sees_the_highlighted_answer(server):
     from playwright.sync_api import sync_playwright
 
     ART.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.goto(server, wait_until="domcontentloaded")
-        page.locator("#question textarea").wait_for(timeout=60_000)
-        # Settings: threshold 0 so the random tiny reader always answers.
-        page.locator("#settings").get_by_text("Settings").first.click()
-        slider = page.locator("#threshold input[type=number]")
-        slider.fill("0")
-        slider.press("Enter")
+        browser, page = _open_page(pw, server)
         page.locator("#question textarea").fill("Who is the NATO Secretary General?")
         page.locator("#ask").click()
         mark = page.locator("#chat mark.spanqa-answer").first
@@ -133,4 +159,38 @@ def test_browser_asks_and_sees_the_highlighted_answer(server):
             "us-weapons-in-russia.txt"].source).read_text(encoding="utf-8")
         assert page.locator("#chat").get_by_text("confident").first.is_visible()
         page.screenshot(path=str(ART / "chat.png"), full_page=True)
+        browser.close()
+
+
+HOSTILE = ("# Big heading\n\nThe **vault code** is `ZQ-99` and the curator is [Ines Rask](http://127.0.0.1:9/x)."
+           " ![tracker](http://127.0.0.1:9/pixel.png) <img src=x onerror=alert(1)> _under_ ~~gone~~")
+
+
+@pytest.fixture(scope="module")
+def hostile_server(tiny_reader_dir, embedder):
+    qa = DocumentQA.from_texts([HOSTILE], ids=["hostile.md"], reader=str(tiny_reader_dir))
+    demo = create_app(qa, examples=["What is the vault code?"])
+    demo.queue(default_concurrency_limit=2, max_size=16)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_shows_a_documents_markup_as_text_and_loads_nothing_remote(hostile_server):
+    from playwright.sync_api import sync_playwright
+
+    ART.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, hostile_server)
+        remote = []
+        page.on("request", lambda r: remote.append(r.url) if ":9/" in r.url else None)
+        _ask(page, "What is the vault code?", 0)
+        chat = page.locator("#chat")
+        assert chat.locator("img").count() == 0 and chat.locator("a[href*=':9/']").count() == 0
+        assert chat.locator("h1, code, del").count() == 0  # no heading, code or strike-through
+        assert "**vault code**" in chat.inner_text() or "**" in chat.inner_text()
+        page.screenshot(path=str(ART / "hostile-markup.png"), full_page=True)
+        assert not remote
         browser.close()
