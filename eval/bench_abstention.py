@@ -8,23 +8,42 @@ asked twice through ``DocumentQA`` (retrieval + reader), the way users ask:
 * of its own document: F1 with the calibrated threshold, and with no threshold at all
   (the difference is what abstention costs on answerable questions);
 * of another document (the next one in the list, so dev questions also go to the bundled
-  article and its questions to a dev article): how often spanqa abstains.
+  article and its questions to a dev article): how often spanqa abstains;
+* of another paragraph of its own article that holds none of its gold answers (the reader
+  reads that paragraph alone): how often the reader abstains on an on-topic passage that
+  does not answer.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from qa.metrics import score
+from qa.metrics import normalize_answer, score
 from qa.pipeline import DEFAULT_DOCUMENT, DocumentQA, shared_reader
-from qa.squad import article_document, load_squad
+from qa.squad import article_document, load_squad, shared_data
 
-DEV = "../shared/data/qa/dev/squad_dev_5_articles.json"
-ARTICLE_SET = "eval/questions/us_weapons_in_russia.json"
+DEV = str(shared_data("qa", "dev", "squad_dev_5_articles.json"))
+ARTICLE_SET = str(Path(__file__).resolve().parent / "questions" / "us_weapons_in_russia.json")
+
+
+def other_paragraph_cases(articles, per_article: int, rng: random.Random):
+    """(question, a paragraph of its own article holding none of its gold answers)."""
+    cases = []
+    for art in articles:
+        norm = [normalize_answer(p) for p in art.paragraphs]
+        qs = [q for q in art.questions if q.answers]
+        for q in rng.sample(qs, min(per_article, len(qs))):
+            golds = [normalize_answer(g) for g in q.gold_texts]
+            others = [i for i, p in enumerate(norm)
+                      if i != q.paragraph and not any(g and g in p for g in golds)]
+            if others:
+                cases.append((q.question, art.paragraphs[rng.choice(others)]))
+    return cases
 
 
 def main() -> None:
@@ -61,7 +80,15 @@ def main() -> None:
             right_f1_t.append(score(a.text if a.score >= threshold else "", q.gold_texts)[1])
         other = docs[(i + 1) % n].ask_many(texts)
         wrong_abst += [a.abstained for a in other]
+    cases = other_paragraph_cases(load_squad(args.dev), args.per_article, rng)
+    other_par = []
+    for i in tqdm(range(0, len(cases), 16), desc="other paragraph"):
+        batch = cases[i:i + 16]
+        other_par += [r.abstained for r in reader.predict_many([q for q, _ in batch],
+                                                               [[p] for _, p in batch])]
     res = {"threshold": threshold, "answerable_questions": len(right_f1_0),
+           "other_paragraph_questions": len(other_par),
+           "other_paragraph_abstain_rate": 100 * float(np.mean(other_par)),
            "wrong_document_questions": len(wrong_abst),
            "wrong_document_abstain_rate": 100 * float(np.mean(wrong_abst)),
            "right_document_f1_no_threshold": 100 * float(np.mean(right_f1_0)),
