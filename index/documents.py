@@ -18,7 +18,8 @@ from pathlib import Path
 
 from index.errors import DocumentError
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
+SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx")
+DOCX_MAX_UNZIPPED = 200 * 1024 * 1024  # a .docx is a zip: refuse one that inflates past this
 MAX_FILE_BYTES = 20 * 1024 * 1024  # a 20 MB text is ~3M words: far beyond any one chat document
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -59,6 +60,8 @@ class Document:
     source: str
     text: str
     page_starts: list[int] = field(default_factory=list)
+    # (offset, heading) where each section starts, when the format marks headings (.docx, .md)
+    sections: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def sha256(self) -> str:
@@ -70,9 +73,17 @@ class Document:
             return None
         return max(1, bisect_right(self.page_starts, offset))
 
+    def section_at(self, offset: int) -> str | None:
+        """The heading of the section holding character ``offset``, when headings are known."""
+        i = bisect_right([s for s, _ in self.sections], offset)
+        return self.sections[i - 1][1] if i else None
+
     def to_dict(self) -> dict:
-        return {"id": self.id, "title": self.title, "source": self.source,
-                "page_starts": self.page_starts, "sha256": self.sha256}
+        d = {"id": self.id, "title": self.title, "source": self.source,
+             "page_starts": self.page_starts, "sha256": self.sha256}
+        if self.sections:
+            d["sections"] = [[s, h] for s, h in self.sections]
+        return d
 
 
 def _first_line_title(text: str, fallback: str) -> str:
@@ -141,6 +152,52 @@ def html_to_text(html: str) -> tuple[str, str]:
     text = "".join(p.parts)
     text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
     return text, " ".join("".join(p.title_parts).split())
+
+
+_MD_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
+
+
+def markdown_sections(text: str) -> list[tuple[int, str]]:
+    """(offset, heading) of each Markdown ``#`` heading line of clean text."""
+    out, pos = [], 0
+    for line in text.split("\n"):
+        m = _MD_HEADING.match(line)
+        if m:
+            out.append((pos, m.group(1)[:200]))
+        pos += len(line) + 1
+    return out
+
+
+def _docx_blocks(data: bytes, name: str) -> list[tuple[str, bool]]:
+    """(text, is_heading) for each paragraph and table row of a .docx, in document order."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            if sum(i.file_size for i in z.infolist()) > DOCX_MAX_UNZIPPED:
+                raise DocumentError(f"{name} was refused: it unzips to over "
+                                    f"{DOCX_MAX_UNZIPPED // 2**20} MiB.")
+        import docx
+        from docx.table import Table
+        from docx.text.paragraph import Paragraph
+
+        d = docx.Document(io.BytesIO(data))
+        blocks = []
+        for el in d.element.body.iterchildren():
+            tag = el.tag.rsplit("}", 1)[-1]
+            if tag == "p":
+                p = Paragraph(el, d)
+                style = (p.style.name if p.style is not None else "") or ""
+                blocks.append((p.text, style.startswith(("Heading", "Title"))))
+            elif tag == "tbl":
+                for row in Table(el, d).rows:
+                    blocks.append((" | ".join(c.text.strip() for c in row.cells), False))
+        return blocks
+    except DocumentError:
+        raise
+    except Exception as exc:  # zipfile, lxml and python-docx raise many kinds on a bad file
+        raise DocumentError(f"{name} is not a readable .docx file ({type(exc).__name__}).") from None
 
 
 def _mb(n: int) -> str:
@@ -254,6 +311,24 @@ def load_bytes(data: bytes, name: str, id: str | None = None, title: str | None 
             raise DocumentError(f"{name} has no extractable text (a scanned PDF needs OCR first).")
         return Document(id=doc_id, title=title or _first_line_title(text, Path(name).stem),
                         source=source, text=text, page_starts=starts)
+    if suffix == ".docx":
+        blocks = [(normalize_text(t), h) for t, h in _docx_blocks(bytes(data), name)]
+        parts, sections, pos = [], [], 0
+        for text, heading in blocks:
+            if not text:
+                continue
+            if heading:
+                sections.append((pos, text[:200]))
+            parts.append(text)
+            pos += len(text) + 1
+        text = "\n".join(parts)
+        if len(text) > max_chars:
+            raise DocumentError(f"{name} holds {len(text):,} characters; the limit is {max_chars:,}.")
+        if not text.strip():
+            raise DocumentError(f"The document {name} is empty.")
+        return Document(id=doc_id, title=title or (sections[0][1] if sections else
+                                                   _first_line_title(text, Path(name).stem)),
+                        source=source, text=text, sections=sections)
     raw = _decode(bytes(data), name)
     if len(raw) > max_chars:  # cheap check before the expensive ones
         raise DocumentError(f"{name} holds {len(raw):,} characters; the limit is {max_chars:,}.")
@@ -261,6 +336,8 @@ def load_bytes(data: bytes, name: str, id: str | None = None, title: str | None 
     if suffix in (".html", ".htm"):
         raw, html_title = html_to_text(raw)
     doc = document_from_text(raw, id=doc_id, title=title or html_title or None, source=source)
+    if suffix in (".md", ".markdown"):
+        doc.sections = markdown_sections(doc.text)
     return doc
 
 

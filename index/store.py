@@ -342,7 +342,8 @@ class DocumentStore:
         store.chunks = [Chunk.from_dict(c) for c in raw_chunks]
         store.vectors = vectors.astype(np.float32, copy=False)
         store.documents = {d["id"]: Document(id=d["id"], title=d["title"], source=d["source"],
-                                             text=d["text"], page_starts=d["page_starts"])
+                                             text=d["text"], page_starts=d["page_starts"],
+                                             sections=[(s, h) for s, h in d.get("sections", [])])
                            for d in docs}
         store._index = index
         store._lexical = lexical

@@ -93,7 +93,7 @@ def _check_record(root: Path, where: str, rec, fields: dict) -> None:
         v = rec.get(name)
         if name not in rec or not isinstance(v, kind) or isinstance(v, bool):
             raise damaged(root, f"{where} has no valid '{name}'")
-    extra = set(rec) - set(fields) - {"sha256"}
+    extra = set(rec) - set(fields) - {"sha256", "sections"}
     if extra:
         raise damaged(root, f"{where} has unknown fields {sorted(extra)}")
 
@@ -108,6 +108,11 @@ def check_documents(root: Path, docs) -> None:
         if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= len(d["text"])
                    for x in ps) or ps != sorted(ps):
             raise damaged(root, f"documents.json entry {i} has invalid page_starts")
+        secs = d.get("sections", [])
+        if not isinstance(secs, list) or not all(
+                isinstance(x, list) and len(x) == 2 and isinstance(x[0], int) and isinstance(x[1], str)
+                and 0 <= x[0] <= len(d["text"]) for x in secs):
+            raise damaged(root, f"documents.json entry {i} has invalid sections")
         if d["id"] in seen:
             raise damaged(root, f"documents.json names {d['id']!r} twice")
         seen.add(d["id"])

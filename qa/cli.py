@@ -111,7 +111,8 @@ def format_answer(a, color: bool) -> str:
             lines.append(f"{d}Closest passage ({p.title}, chars {p.chunk.start}-{p.chunk.end}):{r}")
             lines.append("  " + p.chunk.text[:400] + ("…" if len(p.chunk.text) > 400 else ""))
         return "\n".join(lines)
-    where = f"chars {a.start}-{a.end}" + (f", page {a.page}" if a.page else "")
+    where = f"chars {a.start}-{a.end}" + (f", page {a.page}" if a.page else "") + (
+        f", section “{a.section}”" if a.section else "")
     ps, pe, text = a.passage_start, a.passage_end, a.passage_text
     lines = [f"{b}{a.text}{r}   confidence {a.score:.2f}",
              f"{d}Source: {a.title} ({where}){r}",

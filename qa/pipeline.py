@@ -212,7 +212,8 @@ class DocumentQA:
                 no_answer_score=result.no_answer_score, doc_id=c.doc_id, title=p.title,
                 passage_id=c.id, passage_text=c.text, start=c.start + s.char_start,
                 end=c.start + s.char_end, passage_start=s.char_start, passage_end=s.char_end,
-                page=self.store.documents[c.doc_id].page_at(c.start + s.char_start)))
+                page=self.store.documents[c.doc_id].page_at(c.start + s.char_start),
+                section=self.store.documents[c.doc_id].section_at(c.start + s.char_start)))
         if result.abstained or not spans:
             return Answer(question=question, text="", score=0.0, abstained=True,
                           no_answer_score=result.no_answer_score, candidates=spans,

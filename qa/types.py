@@ -45,6 +45,7 @@ class Answer:
     passage_start: int | None = None
     passage_end: int | None = None
     page: int | None = None
+    section: str | None = None  # the heading of the answer's section, when the format has them
     candidates: list["Answer"] = field(default_factory=list)  # runner-ups (or, abstaining, all)
     passages: list[Passage] = field(default_factory=list)  # what the retriever handed the reader
     latency_ms: float | None = None

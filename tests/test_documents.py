@@ -61,7 +61,7 @@ def test_pdf_keeps_page_numbers():
     (b"   \n\t ", "blank.txt", "empty"),
     (b"\x00\x01\x02binary", "x.txt", "binary"),
     (b"caf\xe9 latin-1", "x.txt", "not UTF-8"),
-    (b"hello", "x.docx", "unsupported file type"),
+    (b"hello", "x.pptx", "unsupported file type"),
     (b"not a pdf", "x.pdf", "not a PDF"),
     (b"%PDF-1.4 garbage", "y.pdf", "not a readable PDF"),
 ])
@@ -81,3 +81,55 @@ def test_too_large_file_is_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DocumentError, match="No file"):
         load_file(tmp_path / "nope.txt")
+
+
+def make_docx() -> bytes:
+    import io
+
+    import docx
+
+    d = docx.Document()
+    d.add_heading("Harbour report", 0)
+    d.add_paragraph("The port handled ships all year.")
+    d.add_heading("Finance", 1)
+    d.add_paragraph("Revenue grew by 12 percent in 2023.")
+    t = d.add_table(rows=1, cols=2)
+    t.rows[0].cells[0].text, t.rows[0].cells[1].text = "Berths", "14"
+    d.add_heading("Staff", 1)
+    d.add_paragraph("The harbour master is Olu Bankole.")
+    out = io.BytesIO()
+    d.save(out)
+    return out.getvalue()
+
+
+def test_docx_loads_with_headings_as_sections(tmp_path):
+    from index.documents import load_file
+
+    (tmp_path / "report.docx").write_bytes(make_docx())
+    doc = load_file(tmp_path / "report.docx")
+    assert doc.title == "Harbour report" and "Berths | 14" in doc.text
+    at = doc.text.index("Olu Bankole")
+    assert doc.section_at(at) == "Staff" and doc.section_at(doc.text.index("Revenue")) == "Finance"
+
+
+def test_docx_answers_cite_their_section(tmp_path, tiny_reader_dir):
+    from qa import DocumentQA
+
+    (tmp_path / "report.docx").write_bytes(make_docx())
+    qa = DocumentQA.from_files([tmp_path / "report.docx"], reader=str(tiny_reader_dir))
+    a = qa.ask("Who is the harbour master?", threshold=0.0)
+    doc = qa.store.documents[a.doc_id]
+    assert a.section == doc.section_at(a.start) and a.section in {"Harbour report", "Finance", "Staff"}
+    qa.save(tmp_path / "idx")
+    assert DocumentQA.load(tmp_path / "idx").store.documents[a.doc_id].sections == doc.sections
+
+
+@pytest.mark.parametrize("data", [b"PK\x03\x04 not a zip", b"plain text", b""])
+def test_corrupt_docx_is_refused_cleanly(data):
+    with pytest.raises(DocumentError, match="docx|empty"):
+        load_bytes(data, "broken.docx")
+
+
+def test_markdown_headings_are_sections():
+    doc = load_bytes(b"# Guide\n\nIntro text.\n\n## Setup\n\nRun the installer.", "guide.md")
+    assert doc.section_at(doc.text.index("Run")) == "Setup"

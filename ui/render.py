@@ -38,7 +38,8 @@ def highlighted_passage(text: str, start: int, end: int, context: int = 600) -> 
 
 
 def citation(a: Answer) -> str:
-    where = f"page {a.page}, " if a.page else ""
+    where = (f"section “{safe_text(a.section, False)}”, " if a.section else "") + (
+        f"page {a.page}, " if a.page else "")
     return f"{safe_text(a.title or a.doc_id or '', False)} ({where}characters {a.start}–{a.end})"
 
 
