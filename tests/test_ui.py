@@ -157,7 +157,7 @@ def test_browser_asks_and_sees_the_highlighted_answer(server):
         answer = mark.inner_text()
         assert answer and answer in Path(DocumentQA.default().store.documents[
             "us-weapons-in-russia.txt"].source).read_text(encoding="utf-8")
-        assert page.locator("#chat").get_by_text("confident").first.is_visible()
+        assert page.locator("#chat").get_by_text("confidence").first.is_visible()
         page.screenshot(path=str(ART / "chat.png"), full_page=True)
         browser.close()
 
@@ -193,4 +193,41 @@ def test_browser_shows_a_documents_markup_as_text_and_loads_nothing_remote(hosti
         assert "**vault code**" in chat.inner_text() or "**" in chat.inner_text()
         page.screenshot(path=str(ART / "hostile-markup.png"), full_page=True)
         assert not remote
+        browser.close()
+
+
+def _contrast(fg: str, bg: str) -> float:
+    """WCAG contrast ratio of two CSS rgb()/rgba() colours."""
+    import re
+
+    def lum(c):
+        r, g, b = (int(x) / 255 for x in re.findall(r"[\d.]+", c)[:3])
+        lin = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((lum(fg), lum(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_browser_answer_highlight_and_confidence_are_readable(server, theme):
+    from playwright.sync_api import sync_playwright
+
+    ART.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, server + f"?__theme={theme}")
+        _ask(page, "Who is the NATO Secretary General?", 0)
+        mark = page.locator("#chat mark.spanqa-answer").first
+        fg, bg = mark.evaluate("e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
+        assert _contrast(fg, bg) >= 4.5, (fg, bg)
+        badge = page.locator("#chat .spanqa-conf").first
+        word = badge.inner_text()
+        assert word.split()[0] in {"high", "medium", "low"}
+        color = badge.evaluate("e => getComputedStyle(e).color")
+        bubble = badge.evaluate("""e => { let n = e; while (n) { const c = getComputedStyle(n)
+            .backgroundColor; if (c && !c.endsWith(', 0)') && c !== 'transparent') return c;
+            n = n.parentElement; } return 'rgb(255, 255, 255)'; }""")
+        assert _contrast(color, bubble) >= 4.5, (theme, color, bubble)
+        page.screenshot(path=str(ART / f"contrast-{theme}.png"), full_page=True)
         browser.close()

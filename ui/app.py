@@ -22,7 +22,7 @@ from index.documents import SUPPORTED_SUFFIXES, Document, load_file
 from index.store import DocumentStore
 from qa.errors import SpanQAError
 from qa.pipeline import DEFAULT_DOCUMENT, DocumentQA
-from ui.render import answer_messages, safe_text
+from ui.render import CSS, answer_messages, safe_text
 
 log = logging.getLogger("spanqa.ui")
 
@@ -170,6 +170,7 @@ def create_app(base: DocumentQA, examples: list[str] | None = None) -> gr.Blocks
         return None, describe(base), "Back to the bundled document.", gr.update(samples=[[q] for q in base_examples]), []
 
     with gr.Blocks(title="spanqa") as demo:
+        gr.HTML(f"<style>{CSS}</style>", visible=True, elem_id="spanqa-style", padding=False)
         session = gr.State(None)
         conversation = gr.State(None)  # this visitor's Conversation (follow-ups read in context)
         gr.Markdown("## spanqa · answers copied from your document")

@@ -22,10 +22,29 @@ def safe_text(text: str | None, keep_lines: bool = True) -> str:
     return out.replace("\n", "<br>" if keep_lines else " ")
 
 
+CONFIDENCE_LEVELS = ((0.7, "high"), (0.4, "medium"), (0.0, "low"))
+
+# Colours for light and dark mode, each at WCAG AA contrast (≥ 4.5:1) on Gradio's chat
+# bubble backgrounds; the highlighted answer sets its own text colour for the same reason.
+CSS = """
+.spanqa-conf { font-weight: 600; }
+.spanqa-conf.high { color: #1a7f37; } .spanqa-conf.medium { color: #8a5a00; }
+.spanqa-conf.low { color: #b42318; }
+.dark .spanqa-conf.high { color: #4ade80; } .dark .spanqa-conf.medium { color: #fbbf24; }
+.dark .spanqa-conf.low { color: #fca5a5; }
+mark.spanqa-answer { background: #fff3a3; color: #1f2328; padding: 0 2px; }
+.dark mark.spanqa-answer { background: #5c4d00; color: #fffbe6; }
+"""
+
+
+def confidence_level(score: float) -> str:
+    return next(word for cut, word in CONFIDENCE_LEVELS if score >= cut)
+
+
 def confidence_badge(score: float) -> str:
-    colour = "#1a7f37" if score >= 0.7 else "#9a6700" if score >= 0.4 else "#cf222e"
-    return (f'<span class="spanqa-conf" style="color:{colour};font-weight:600">'
-            f"{score:.0%} confident</span>")
+    level = confidence_level(score)
+    return f'<span class="spanqa-conf {level}">{level} confidence · {score:.0%}</span>'
+
 
 
 def highlighted_passage(text: str, start: int, end: int, context: int = 600) -> str:
