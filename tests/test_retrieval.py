@@ -123,3 +123,23 @@ def test_store_saved_without_a_lexical_index_still_loads_and_answers(embedder, t
     assert top[0].chunk.doc_id == "v"
     loaded.save(tmp_path / "old")  # the next save writes the lexical index
     assert (next((tmp_path / "old").glob("gen-*")) / "bm25").is_dir()
+
+
+def test_index_built_with_the_old_embedder_keeps_loading_and_answering(tmp_path, tiny_reader_dir):
+    """Stores built before the fine-tuned retriever name all-MiniLM-L6-v2 in their manifest:
+    they load with it and answer; `spanqa index --rebuild` moves them to today's default."""
+    from index.documents import document_from_text
+    from index.embedder import BASE_EMBEDDER, DEFAULT_EMBEDDER, shared_embedder
+    from qa import DocumentQA
+    from qa.cli import main
+
+    old = DocumentStore(shared_embedder(BASE_EMBEDDER), chunk_size=24, overlap=0)
+    old.add([document_from_text("The vault code is ZQ-99-ALPHA, set by curator Ines Rask.", id="v"),
+             document_from_text("Gardens bloom in spring near the market square.", id="g")])
+    old.save(tmp_path / "old")
+    qa = DocumentQA.load(tmp_path / "old", reader=str(tiny_reader_dir), passages=1)
+    assert qa.store.embedder.name == BASE_EMBEDDER
+    a = qa.ask("Who set the vault code?", threshold=0.0)
+    assert a.doc_id == "v" and qa.store.documents["v"].text[a.start:a.end] == a.text
+    assert main(["index", "--rebuild", "--out", str(tmp_path / "old")]) == 0
+    assert DocumentStore.load(tmp_path / "old").embedder.name == DEFAULT_EMBEDDER
