@@ -283,7 +283,7 @@ def _pdf_pages(data: bytes, name: str, seconds: float = PDF_SECONDS,
 
 def load_bytes(data: bytes, name: str, id: str | None = None, title: str | None = None,
                source: str | None = None, max_bytes: int = MAX_FILE_BYTES,
-               max_chars: int = MAX_DOCUMENT_CHARS) -> Document:
+               max_chars: int = MAX_DOCUMENT_CHARS, pdf_seconds: float = PDF_SECONDS) -> Document:
     """A document from the bytes of a file called ``name`` (its suffix picks the reader).
     Refused (``DocumentError``) past ``max_bytes`` of file or ``max_chars`` of text."""
     if not isinstance(data, (bytes, bytearray)):
@@ -300,7 +300,7 @@ def load_bytes(data: bytes, name: str, id: str | None = None, title: str | None 
     if suffix == ".pdf":
         if not data.startswith(b"%PDF"):
             raise DocumentError(f"{name} is not a PDF (it lacks the %PDF header).")
-        pages = [normalize_text(p) for p in _pdf_pages(bytes(data), name, max_chars=max_chars)]
+        pages = [normalize_text(p) for p in _pdf_pages(bytes(data), name, pdf_seconds, max_chars)]
         starts, parts, pos = [], [], 0
         for p in pages:
             starts.append(pos)
@@ -342,7 +342,8 @@ def load_bytes(data: bytes, name: str, id: str | None = None, title: str | None 
 
 
 def load_file(path: str | Path, id: str | None = None, title: str | None = None,
-              max_bytes: int = MAX_FILE_BYTES, max_chars: int = MAX_DOCUMENT_CHARS) -> Document:
+              max_bytes: int = MAX_FILE_BYTES, max_chars: int = MAX_DOCUMENT_CHARS,
+              pdf_seconds: float = PDF_SECONDS) -> Document:
     """A document from a ``.txt``, ``.md``, ``.html`` or ``.pdf`` file."""
     if not isinstance(path, (str, Path)):
         raise DocumentError(f"Expected a file path, got {type(path).__name__}.")
@@ -357,4 +358,4 @@ def load_file(path: str | Path, id: str | None = None, title: str | None = None,
     except OSError as exc:
         raise DocumentError(f"{p} could not be read ({exc.strerror or exc}).") from None
     return load_bytes(data, p.name, id=id, title=title, source=str(p.resolve()),
-                      max_bytes=max_bytes, max_chars=max_chars)
+                      max_bytes=max_bytes, max_chars=max_chars, pdf_seconds=pdf_seconds)

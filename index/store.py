@@ -140,7 +140,6 @@ class DocumentStore:
         self.vectors = np.zeros((0, 0), dtype=np.float32)
         self._index = None
         self._lexical: LexicalIndex | None = None
-        self.version = 0  # bumped on every change, so caches built on the chunks know to rebuild
 
     # ---- contents -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -158,8 +157,6 @@ class DocumentStore:
         gets a unique id: its name and a short hash of its source."""
         if isinstance(docs, Document) or not all(isinstance(d, Document) for d in docs):
             raise DocumentError("DocumentStore.add takes a list of Document objects.")
-        if len(self.chunks):  # a bad factory string fails now, not after embedding
-            check_factory(self.factory, self._matrix().shape[1])
         changed, new_chunks = [], []
         sources = {d.id: d.source for d in self.documents.values()}
         for doc in docs:
@@ -176,7 +173,7 @@ class DocumentStore:
                                              self.overlap))
             changed.append(doc.id)
         if new_chunks:
-            check_factory(self.factory, self.embedder.dimension)
+            check_factory(self.factory, self.embedder.dimension)  # fail before embedding
             vecs = self.embedder.embed([c.text for c in new_chunks], progress=progress,
                                        on_batch=on_batch)
             self.vectors = vecs if len(self.chunks) == 0 else np.vstack([self.vectors, vecs])
@@ -194,8 +191,8 @@ class DocumentStore:
         self._changed()
 
     def _changed(self) -> None:
+        """Drop the searches built on the old chunks; they are rebuilt on next use."""
         self._index = self._lexical = None
-        self.version += 1
 
     def _drop(self, doc_id: str) -> None:
         keep = [i for i, c in enumerate(self.chunks) if c.doc_id != doc_id]
