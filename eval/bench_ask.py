@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qa.retriever import DEFAULT_TOP_K
+
 QUESTIONS = Path(__file__).resolve().parent / "questions" / "us_weapons_in_russia.json"
 COLD = """
 import time, json, sys
@@ -61,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reader", default=None)
     ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--passages", type=int, default=3)
+    ap.add_argument("--passages", type=int, default=DEFAULT_TOP_K)
     ap.add_argument("--cold-runs", type=int, default=3)
     args = ap.parse_args()
     import torch

@@ -19,9 +19,10 @@ def register(sub) -> None:
                    help="bundled reader name (default, fast), QA model folder or hub id")
     p.add_argument("--scope", choices=["article", "corpus"], default="article")
     from qa.cli import DeprecatedAlias, count_option, threshold_option
+    from qa.retriever import DEFAULT_TOP_K
 
-    p.add_argument("--passages", type=count_option("passages", 20), default=3,
-                   help="passages the reader reads per question (default 3)")
+    p.add_argument("--passages", type=count_option("passages", 20), default=DEFAULT_TOP_K,
+                   help=f"passages the reader reads per question (default {DEFAULT_TOP_K})")
     p.add_argument("--top-k", dest="passages", type=count_option("passages", 20),
                    action=DeprecatedAlias, new="--passages", help=argparse.SUPPRESS)
     p.add_argument("--reader-only", action="store_true", help="read the gold paragraph itself")

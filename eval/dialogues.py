@@ -20,6 +20,7 @@ from index.documents import Document, load_file
 from qa.errors import SpanQAError
 from qa.metrics import score
 from qa.pipeline import DEFAULT_DOCUMENT, DocumentQA, shared_reader
+from qa.retriever import DEFAULT_TOP_K
 from qa.squad import article_document, load_squad, shared_data
 
 FORMAT = "spanqa-dialogues-1"
@@ -57,7 +58,7 @@ def load_dialogues(path: str | Path) -> list[tuple[Document, list[Dialogue]]]:
     return out
 
 
-def evaluate_dialogues(path: str | Path, reader: str | None = None, passages: int = 3,
+def evaluate_dialogues(path: str | Path, reader: str | None = None, passages: int = DEFAULT_TOP_K,
                        threshold: float | None = None) -> tuple[list[dict], dict]:
     """Per-dialogue rows and the summary: follow-up EM/F1 with and without history."""
     sets = load_dialogues(path)

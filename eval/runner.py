@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from qa.metrics import score
 from qa.pipeline import DocumentQA, shared_reader
+from qa.retriever import DEFAULT_TOP_K
 from qa.squad import SquadQuestion, article_document, gold_spans, load_squad
 from qa.types import Answer
 
@@ -28,7 +29,7 @@ class EvalConfig:
     data: str
     reader: str | None = None
     scope: str = "article"
-    passages: int = 3
+    passages: int = DEFAULT_TOP_K
     reader_only: bool = False
     threshold: float | None = None
     batch_size: int = 16

@@ -83,8 +83,10 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
                    help="a document to index on the fly (repeat for several)")
     p.add_argument("--reader", metavar="NAME|PATH", default=None,
                    help="bundled reader name (default, fast), QA model folder or hub id")
-    p.add_argument("--passages", type=count_option("passages", 20), default=3,
-                   help="passages the reader reads, 1-20 (default 3)")
+    from qa.retriever import DEFAULT_TOP_K
+
+    p.add_argument("--passages", type=count_option("passages", 20), default=DEFAULT_TOP_K,
+                   help=f"passages the reader reads, 1-20 (default {DEFAULT_TOP_K})")
     p.add_argument("--threshold", type=threshold_option, default=None,
                    help="abstain below this confidence, 0-1 (default: the reader's calibrated one)")
 
