@@ -20,16 +20,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_reader_dir, embedder):
-    qa = DocumentQA.default(reader=str(tiny_reader_dir))
-    qa.warm_up()
-    demo = create_app(qa)
+def _serve(qa: DocumentQA, **app_options):
+    """The page over ``qa`` on a free localhost port: (url, demo)."""
+    demo = create_app(qa, **app_options)
     demo.queue(default_concurrency_limit=2, max_size=16)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                 max_file_size="10mb", quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    return f"http://127.0.0.1:{port}/", demo
+
+
+@pytest.fixture(scope="module")
+def server(tiny_reader_dir, embedder):
+    qa = DocumentQA.default(reader=str(tiny_reader_dir))
+    qa.warm_up()
+    url, demo = _serve(qa)
+    yield url
     demo.close()
 
 
@@ -169,11 +175,8 @@ HOSTILE = ("# Big heading\n\nThe **vault code** is `ZQ-99` and the curator is [I
 @pytest.fixture(scope="module")
 def hostile_server(tiny_reader_dir, embedder):
     qa = DocumentQA.from_texts([HOSTILE], ids=["hostile.md"], reader=str(tiny_reader_dir))
-    demo = create_app(qa, examples=["What is the vault code?"])
-    demo.queue(default_concurrency_limit=2, max_size=16)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    url, demo = _serve(qa, examples=["What is the vault code?"])
+    yield url
     demo.close()
 
 
