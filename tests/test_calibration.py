@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 
+from index.embedder import DEFAULT_EMBEDDER
 from qa import DocumentQA
 from qa.calibration import Calibration, expected_calibration_error
 from qa.reader import READER_CONFIG_FILE, ExtractiveReader
@@ -59,7 +60,7 @@ def test_pipeline_hands_passage_similarity_to_the_calibration(tiny_reader_dir, t
     # A calibration that trusts only relevance: similar passages pass, dissimilar ones abstain.
     reader = _reader_with(tiny_reader_dir, tmp_path, {
         "span_weight": 0.0, "bias": 20.0, "topic_relevance_weight": 40.0, "topic_bias": -12.0,
-        "threshold": 0.5, "relevance_default": 0.0, "relevance_model": "all-MiniLM-L6-v2"})
+        "threshold": 0.5, "relevance_default": 0.0, "relevance_model": DEFAULT_EMBEDDER})
     qa = DocumentQA.from_texts(["The Eiffel Tower in Paris was finished in 1889 for the World's Fair."],
                                reader=reader)
     on_topic = qa.ask("When was the Eiffel Tower in Paris finished?")
@@ -88,7 +89,7 @@ def test_calibrate_reader_writes_weights_threshold_and_figures(tiny_reader_dir, 
     assert calibrate_main(["--reader", reader, "--data", str(path), "--report", str(report)]) == 0
     cfg = json.loads((tmp_path / "reader" / READER_CONFIG_FILE).read_text())
     cal = Calibration.from_dict(cfg["calibration"])
-    assert cal.relevance_model == "all-MiniLM-L6-v2" and 0 < cal.relevance_default < 1
+    assert cal.relevance_model == DEFAULT_EMBEDDER and 0 < cal.relevance_default < 1
     assert 0 <= cal.threshold < 1
     rep = json.loads(report.read_text())
     assert rep["cases"] == 9 + 9 + 9  # answerable, unanswerable, wrong document
@@ -145,3 +146,25 @@ def test_span_model_fitted_on_retrieved_passages_learns_to_rank_by_relevance():
     assert cal.right(6.0, 0.0, 0.8) > cal.right(6.0, 0.0, 0.2)
     plain = fit_calibration(rows, use_relevance=True, relevance_model="m")
     assert plain.relevance_weight == 0.0
+
+
+def test_calibrate_reader_on_retrieved_passages(tiny_reader_dir, tmp_path):
+    """--cases retrieved: each question reads what the retriever finds in its article's index
+    (and wrong-document cases what it finds in another's); the span model gets a relevance
+    weight and the report says how the cases were made."""
+    ctx = {t: [f"Fact {i} about {t.lower()}: the {t.lower()} value is {100 + i}. " * 2 for i in range(4)]
+           for t in ("Rivers", "Mountains")}
+    data = {"version": "v2.0", "data": [{"title": t, "paragraphs": [
+        {"context": c, "qas": [{"id": f"{t}{i}", "question": f"What is the {t.lower()} value in fact {i}?",
+                                "answers": [{"text": str(100 + i), "answer_start": c.index(str(100 + i))}]}]}
+        for i, c in enumerate(cs)]} for t, cs in ctx.items()]}
+    path = tmp_path / "held.json"
+    path.write_text(json.dumps(data))
+    reader = _reader_with(tiny_reader_dir, tmp_path, {})
+    report = tmp_path / "report.json"
+    assert calibrate_main(["--reader", reader, "--data", str(path), "--report", str(report),
+                           "--cases", "retrieved", "--passages", "2"]) == 0
+    rep = json.loads(report.read_text())
+    assert rep["case_kind"] == "retrieved" and rep["passages"] == 2 and rep["cases"] == 8 + 8
+    cfg = json.loads((tmp_path / "reader" / READER_CONFIG_FILE).read_text())
+    assert cfg["calibration_report"]["case_kind"] == "retrieved"
