@@ -52,7 +52,7 @@ class ReaderConfig:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.SETTINGS}
         d["calibration"] = self.calibration.to_dict()
-        return {**self.notes, **d}
+        return {**d, **self.notes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ReaderConfig":

@@ -175,7 +175,8 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
     With ``span_relevance`` (cases read from retrieved passages), ``right`` is fitted on the
     top ``spans_per_case`` spans of every answerable case by logit, whichever passage they
     come from, with the passage's similarity as a third feature: it learns to rank spans of
-    different passages, not only to scale the best one."""
+    different passages, not only to scale the best one; a one-feature Platt fit on each
+    case's chosen span then rescales it, so the answer's confidence stays calibrated."""
     def top(r):
         return max(r["spans"], key=lambda s: s["logit"], default=None)
 
@@ -185,6 +186,16 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
                 for s in sorted(r["spans"], key=lambda s: -s["logit"])[:spans_per_case]]
         sw, mw, rw, b = fit_platt([(s["logit"], s["logit"] - s["null"], s["relevance"])
                                    for s in many], [s["em"] == 1.0 for s in many])
+
+        def z(s):
+            return sw * s["logit"] + mw * (s["logit"] - s["null"]) + rw * s["relevance"] + b
+
+        # That fit ranks spans; rescale it so the span each question ends up answering with is
+        # calibrated (a monotone map: a > 0 keeps the ranking).
+        chosen = [max(r["spans"], key=z) for r in rows if r["kind"] == "answerable" and r["spans"]]
+        a, c = fit_platt([(z(s),) for s in chosen], [s["em"] == 1.0 for s in chosen])
+        if a > 0:
+            sw, mw, rw, b = a * sw, a * mw, a * rw, a * b + c
     else:
         (sw, mw, b), rw = fit_platt([(s["logit"], s["logit"] - s["null"]) for s in ans],
                                     [s["em"] == 1.0 for s in ans]), 0.0
@@ -328,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     if lp_table is not None:
         cfg.length_penalty = chosen_lp
         report["length_penalty_table"] = lp_table
+    earlier = cfg.notes.get("calibration_report", {}).get("length_penalty_table")
+    if lp_table is None and earlier:  # this run did not choose it: keep the table that did
+        report["length_penalty_table"] = earlier
     cfg.notes["calibration_report"] = {k: report[k] for k in
                                  ("data", "titles", "cases", "case_kind", "passages", "embedder",
                                   "ece_answerable", "ece_all",
