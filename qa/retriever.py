@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from index.store import DocumentStore
 from qa.types import Passage
 
-DEFAULT_TOP_K = 3
+DEFAULT_TOP_K = 5  # chosen on held-out SQuAD train articles: 5 passages read better than 3
 MODES = ("hybrid", "dense", "lexical")
 
 
