@@ -7,6 +7,7 @@ own format, ``allow_pickle=False``) in a folder of the store's generation, and l
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,11 @@ _QUESTION_WORDS = ("who", "whom", "whose", "what", "when", "where", "which", "wh
                    "did", "does", "do")
 
 
-def _stopwords() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _stopwords() -> tuple[str, ...]:
     from bm25s.stopwords import STOPWORDS_EN
 
-    return sorted(set(STOPWORDS_EN) | set(_QUESTION_WORDS))
+    return tuple(sorted(set(STOPWORDS_EN) | set(_QUESTION_WORDS)))
 
 
 class LexicalIndex:
@@ -32,7 +34,9 @@ class LexicalIndex:
         self.n = n
 
     @staticmethod
+    @functools.lru_cache(maxsize=1)
     def _stemmer():
+        """One Snowball stemmer per process, not one per query."""
         import Stemmer
 
         return Stemmer.Stemmer("english")
@@ -41,7 +45,7 @@ class LexicalIndex:
     def _tokenize(cls, texts: list[str], return_ids: bool):
         import bm25s
 
-        return bm25s.tokenize(texts, token_pattern=TOKEN_PATTERN, stopwords=_stopwords(),
+        return bm25s.tokenize(texts, token_pattern=TOKEN_PATTERN, stopwords=list(_stopwords()),
                               stemmer=cls._stemmer(), return_ids=return_ids, show_progress=False)
 
     @classmethod

@@ -215,8 +215,11 @@ def create_app(base: DocumentQA, examples: list[str] | None = None) -> gr.Blocks
 
 def serve(index=None, docs=None, reader=None, host="127.0.0.1", port=7860, concurrency=2,
           block=True):
-    """Load models, warm them with one question, and start the page."""
-    if index:
+    """Load models, warm them with one question, and start the page. ``index`` is a saved
+    index's folder or an already loaded ``DocumentStore``."""
+    if isinstance(index, DocumentStore):
+        base = DocumentQA(index, reader=reader)
+    elif index:
         base = DocumentQA.load(index, reader=reader)
     elif docs:
         base = DocumentQA.from_files(docs, reader=reader)

@@ -41,11 +41,11 @@ def run(args) -> int:
     from ui.app import serve
 
     check_address(args.host, args.port)
-    if args.index:  # a missing or damaged index is reported before the models load
+    index = args.index
+    if index:  # a missing or damaged index is reported before the models load, and read once
         from index.store import DocumentStore
 
-        DocumentStore.load(args.index)
-
-    serve(index=args.index, docs=args.doc, reader=args.reader, host=args.host, port=args.port,
+        index = DocumentStore.load(index)
+    serve(index=index, docs=args.doc, reader=args.reader, host=args.host, port=args.port,
           concurrency=args.concurrency)
     return 0
