@@ -7,6 +7,8 @@ from qa.training.reader import (
     build_features,
     collate,
     due,
+    freeze_lower_layers,
+    other_paragraph_negatives,
     parameter_groups,
     pick_target,
     span_loss,
@@ -79,6 +81,38 @@ def test_wrong_document_negatives_come_from_other_articles_and_are_unanswerable(
         assert n.is_impossible and n.question == src.question
         assert n.title != src.title and n.context not in {q.context for q in qs if q.title == src.title}
     assert wrong_document_negatives(qs, 0.0, random.Random(0)) == []
+
+
+def test_other_paragraph_negatives_stay_in_the_article_and_never_hold_a_gold_answer():
+    paras = {
+        "Nile": ["The Nile flooded the valley in 1910.", "The Nile valley was flooded by farmers' canals.",
+                 "Cairo sits on the Nile.", "The valley floods recorded in 1910 were the worst."],
+        "Rhine": ["The Rhine valley flooded in 1910 as well."],
+    }
+    qs = [SquadQuestion("n1", "When did the Nile flood the valley?", paras["Nile"][0], "Nile", 0, [("1910", 30)]),
+          SquadQuestion("r1", "When did the Rhine valley flood?", paras["Rhine"][0], "Rhine", 0, [("1910", 23)])]
+    qs += [SquadQuestion(f"n{i}", "Where is Cairo?", c, "Nile", 0, []) for i, c in enumerate(paras["Nile"][1:], 2)]
+    negs = other_paragraph_negatives(qs, 1.0, random.Random(0))
+    # the Rhine article has no other paragraph; the Nile question gets the nearest paragraph
+    # of its own article that lacks "1910" (not the one that holds it, though it shares more words)
+    assert [(n.id, n.context, n.is_impossible) for n in negs] == [
+        ("n1-otherpara", "The Nile valley was flooded by farmers' canals.", True)]
+    assert other_paragraph_negatives(qs, 0.0, random.Random(0)) == []
+
+
+def test_freezing_lower_layers_leaves_the_top_and_the_head_trainable(tiny_reader):
+    import copy
+
+    model = copy.deepcopy(tiny_reader.model)  # 2 encoder layers
+    assert freeze_lower_layers(model, 0) == 0
+    frozen = freeze_lower_layers(model, 1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen == sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad) > 0
+    assert "qa_outputs.weight" in trainable and "bert.encoder.layer.1.output.dense.weight" in trainable
+    assert not any(n.startswith(("bert.embeddings.", "bert.encoder.layer.0.")) for n in trainable)
+    # the optimiser sees only what trains
+    groups = parameter_groups(model, lr=1e-3, weight_decay=0.01)
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
 
 
 def test_layer_decay_gives_lower_layers_smaller_learning_rates(tiny_reader):

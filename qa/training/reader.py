@@ -31,7 +31,7 @@ import numpy as np
 
 from qa.features import build_windows
 from qa.metrics import score
-from qa.packed import resolve_base
+from qa.packed import is_packed, load_packed, resolve_base
 from qa.reader import ExtractiveReader, ReaderConfig
 from qa.squad import SquadQuestion, load_squad, questions_of
 from qa.training.distill import TeacherCache, distill_loss, fill_teacher_cache, fingerprint
@@ -140,12 +140,16 @@ def build_features(tokenizer, questions: list[SquadQuestion], max_seq_len: int, 
 
 
 def read_mixture(specs: list[str], holdout_articles: int, seed: int,
-                 unanswerable_frac: float = 1.0):
+                 unanswerable_frac: float = 1.0, skip_retriever_holdout: bool = False):
     """Training questions from weighted file specs, and the held-out articles.
 
     ``unanswerable_frac`` keeps that share of each file's unanswerable questions (before the
     file's weight applies), so answerable questions can be repeated without repeating as many
-    unanswerable ones."""
+    unanswerable ones. ``skip_retriever_holdout`` leaves out the articles the retriever is
+    measured on (:func:`qa.training.retriever.is_holdout`), so end-to-end figures on them stay
+    clean for the reader too."""
+    from qa.training.retriever import is_holdout
+
     rng = random.Random(seed)
     train, holdout = [], []
     for n, spec in enumerate(specs):
@@ -155,6 +159,8 @@ def read_mixture(specs: list[str], holdout_articles: int, seed: int,
         if n == 0 and holdout_articles:
             holdout = arts[-holdout_articles:]
             arts = arts[:-holdout_articles]
+        if skip_retriever_holdout:
+            arts = [a for i, a in enumerate(arts) if not is_holdout(path, i, a.title)]
         qs = questions_of(arts)
         if unanswerable_frac < 1.0:
             qs = [q for q in qs if not q.is_impossible or rng.random() < unanswerable_frac]
@@ -205,6 +211,55 @@ def wrong_document_negatives(questions: list[SquadQuestion], frac: float, rng: r
         if best is not None:
             out.append(SquadQuestion(q.id + "-wrongdoc", q.question, pool[best][1], pool[best][0], 0, []))
     return out
+
+
+def other_paragraph_negatives(questions: list[SquadQuestion], frac: float,
+                              rng: random.Random) -> list[SquadQuestion]:
+    """Answerable questions re-asked of another paragraph of *their own* article that holds
+    none of their gold answers, labelled unanswerable.
+
+    This is what a retriever hands the reader beside the right paragraph: same topic, same
+    names, no answer. Each negative takes the paragraph sharing the most content words with
+    the question (a hard near miss, as the retriever would rank it). Trained on these, the
+    no-answer score of a passage means "this passage does not say", so span scores stay
+    comparable across the passages of one question."""
+    answerable = [q for q in questions if q.answers]
+    if frac <= 0 or not answerable:
+        return []
+    by_title: dict[str, list[str]] = {}
+    for q in questions:
+        ctxs = by_title.setdefault(q.title, [])
+        if q.context not in ctxs:
+            ctxs.append(q.context)
+    words = {c: _content_words(c) for cs in by_title.values() for c in cs}
+    out = []
+    for q in rng.sample(answerable, min(len(answerable), int(round(frac * len(answerable))))):
+        qw = _content_words(q.question)
+        golds = {t.lower() for t in q.gold_texts}
+        best, best_overlap = None, -1
+        for c in by_title[q.title]:
+            if c == q.context or any(g in c.lower() for g in golds):
+                continue
+            overlap = len(qw & words[c])
+            if overlap > best_overlap:
+                best, best_overlap = c, overlap
+        if best is not None:
+            out.append(SquadQuestion(q.id + "-otherpara", q.question, best, q.title, 0, []))
+    return out
+
+
+def freeze_lower_layers(model, below: int) -> int:
+    """Freeze the embeddings and encoder layers ``0 .. below-1`` (no gradients, no optimiser
+    state: a cheaper backward pass). Returns the number of frozen parameters."""
+    if below <= 0:
+        return 0
+    num_layers = int(getattr(model.config, "num_hidden_layers", 0))
+    frozen = 0
+    for name, p in model.named_parameters():
+        if layer_depth(name, num_layers) > num_layers - below:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
 
 
 _LAYER = re.compile(r"\.layers?\.(\d+)\.")
@@ -381,6 +436,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wrong-doc-frac", type=float, default=0.0,
                     help="add this share of answerable questions asked of another article's "
                          "paragraph, labelled unanswerable")
+    ap.add_argument("--other-paragraph-frac", type=float, default=0.0,
+                    help="add this share of answerable questions asked of another paragraph of "
+                         "their own article that lacks their answer, labelled unanswerable")
+    ap.add_argument("--skip-retriever-holdout", action="store_true",
+                    help="leave out the articles the retriever is measured on")
+    ap.add_argument("--init", default=None,
+                    help="reader folder to start from (a shipped packed reader or a full one); "
+                         "its architecture must be --base's")
+    ap.add_argument("--freeze-below", type=int, default=0,
+                    help="freeze the embeddings and the lowest N encoder layers (faster steps)")
     ap.add_argument("--eval-every", type=int, default=500, help="steps between dev evals (0: only at the end)")
     ap.add_argument("--eval-limit", type=int, default=300, help="dev questions per mid-run eval")
     ap.add_argument("--save-every", type=int, default=250,
@@ -412,23 +477,34 @@ def main(argv: list[str] | None = None) -> int:
     (out / "args.json").write_text(json.dumps(vars(args), indent=2))
 
     base = resolve_base(args.base) if args.base else default_base_model()
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForQuestionAnswering.from_pretrained(
-        str(ckpt) if args.resume and ckpt.exists() else base, attn_implementation="eager",
-        dtype=torch.float32)  # a shipped reader is fp16 on disk; train in fp32
+    tokenizer = AutoTokenizer.from_pretrained(args.init or base)
+    if args.init and is_packed(args.init) and not (args.resume and ckpt.exists()):
+        model = load_packed(args.init)
+    else:
+        start = str(ckpt) if args.resume and ckpt.exists() else (args.init or base)
+        model = AutoModelForQuestionAnswering.from_pretrained(
+            start, attn_implementation="eager",
+            dtype=torch.float32)  # a shipped reader is fp16 on disk; train in fp32
+    frozen = freeze_lower_layers(model, args.freeze_below)
+    if frozen:
+        print(f"[model] {frozen / 1e6:.1f}M parameters frozen (embeddings + {args.freeze_below} "
+              f"layers)", flush=True)
     model.to(device).train()
     config = ReaderConfig(max_seq_len=args.max_seq_len, doc_stride=args.doc_stride)
 
     rng = random.Random(args.seed)
     train_qs, holdout = read_mixture(args.train, args.holdout_articles, args.seed,
-                                       args.unanswerable_frac)
+                                     args.unanswerable_frac, args.skip_retriever_holdout)
     if holdout:
         (out / "holdout.json").write_text(json.dumps(
             {"source": args.train[0].partition(":")[0], "titles": [a.title for a in holdout]}, indent=2))
     negatives = wrong_document_negatives(train_qs, args.wrong_doc_frac, rng)
     if negatives:
         print(f"[data] {len(negatives)} wrong-document negatives", flush=True)
-        train_qs = train_qs + negatives
+    others = other_paragraph_negatives(train_qs, args.other_paragraph_frac, rng)
+    if others:
+        print(f"[data] {len(others)} other-paragraph negatives", flush=True)
+    train_qs = train_qs + negatives + others
     t0 = time.time()
     with tqdm(total=len(train_qs), desc="features", file=sys.stdout, mininterval=10) as bar:
         feats = build_features(tokenizer, train_qs, args.max_seq_len, args.doc_stride, rng,
@@ -476,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = collate(feats, plan[step], pad_id, device, teacher)
         loss = span_loss(model, batch, args.distill_alpha, args.distill_temperature)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -508,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
                      "minutes": round(minutes, 1), "device": device, "seed": args.seed,
                      "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
                      "wrong_doc_frac": args.wrong_doc_frac, "layer_decay": args.layer_decay,
+                     "other_paragraph_frac": args.other_paragraph_frac,
+                     "freeze_below": args.freeze_below, "init": args.init,
                      **({"teacher": str(args.teacher), "distill_alpha": args.distill_alpha,
                          "distill_temperature": args.distill_temperature} if args.teacher else {})}})
     print(f"[done] {total} steps in {minutes:.1f} min; model in {out / 'model'}", flush=True)
