@@ -10,7 +10,7 @@ from index.embedder import DEFAULT_EMBEDDER
 from qa import DocumentQA
 from qa.calibration import Calibration, expected_calibration_error
 from qa.reader import READER_CONFIG_FILE, ExtractiveReader
-from qa.training.calibrate import fit_platt, length_penalty_scores
+from qa.training.calibrate import choose_threshold, fit_platt, length_penalty_scores
 from qa.training.calibrate import main as calibrate_main
 
 
@@ -168,3 +168,19 @@ def test_calibrate_reader_on_retrieved_passages(tiny_reader_dir, tmp_path):
     assert rep["case_kind"] == "retrieved" and rep["passages"] == 2 and rep["cases"] == 8 + 8
     cfg = json.loads((tmp_path / "reader" / READER_CONFIG_FILE).read_text())
     assert cfg["calibration_report"]["case_kind"] == "retrieved"
+
+
+def test_threshold_meets_the_wrong_document_goal_then_spends_the_f1_budget_on_refusals():
+    # hand-made curve: wrong-document refusals reach 95% at 0.2; answerable F1 falls by
+    # 0.4 per 0.1 of threshold from there
+    def at(t):
+        return {"wrong_document": {"abstain_rate": min(1.0, t / 0.2 * 0.95)},
+                "answerable": {"f1": 80.0 - max(0.0, t - 0.2) * 4}}
+
+    grid = [round(i * 0.05, 2) for i in range(20)]
+    assert choose_threshold(at, grid, 0.95, 0.0) == 0.2  # no budget: the wrong-document rule
+    assert choose_threshold(at, grid, 0.95, 1.0) == 0.45  # 80 - 0.25*4 = 79: within 1 point
+    assert choose_threshold(at, grid, 0.95, 0.3) == 0.25
+    # the wrong-document goal wins over the budget when it alone costs more
+    assert choose_threshold(lambda t: {"wrong_document": {"abstain_rate": t},
+                                       "answerable": {"f1": 80 - 10 * t}}, grid, 0.9, 1.0) == 0.9

@@ -14,10 +14,12 @@ Confidence is the product of two Platt-scaled models (see :mod:`qa.calibration`)
 chance the span is right (fitted on answerable questions, target exact match, from the
 reader's logits) and the chance the passages are about the question (answerable against
 wrong-document, from the logits and the question-passage similarity; ``--no-relevance``
-leaves it out). The threshold is the lowest one at which at least ``--wrong-doc-target``
-(default 95%) of the wrong-document questions are abstained on, so it costs as little F1 on
-answerable questions as that goal allows. All of it is written into the model folder's
-``spanqa_reader.json``, with the figures, so the folder stays self-describing.
+leaves it out). The threshold starts at the lowest one at which at least
+``--wrong-doc-target`` (default 95%) of the wrong-document questions are abstained on, and is
+then raised while answerable F1 costs at most ``--max-f1-cost`` (default 1) point, refusing
+as many on-topic unanswerable questions as that budget allows (:func:`choose_threshold`).
+All of it is written into the model folder's ``spanqa_reader.json``, with the figures, so
+the folder stays self-describing.
 
 ``--length-penalties 0 0.05 0.1 ...`` first picks the decoding length penalty (see
 :mod:`qa.decoding`) with the best F1 on the answerable held-out questions read with their
@@ -214,6 +216,27 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
     return cal
 
 
+def choose_threshold(at, grid: list[float], wrong_doc_target: float, max_f1_cost: float) -> float:
+    """The abstention threshold: the lowest one on ``grid`` at which ``wrong_doc_target`` of
+    the wrong-document cases are refused, then raised as far as answerable F1 stays within
+    ``max_f1_cost`` points of never abstaining (each step refuses more on-topic questions the
+    passages cannot answer). ``at(t)`` gives the figures of :func:`main` at threshold ``t``.
+    Without the cost budget (0) this is the wrong-document rule alone."""
+    def wrong_ok(t):
+        return at(t).get("wrong_document", {"abstain_rate": 1.0})["abstain_rate"] >= wrong_doc_target
+
+    floor = next((t for t in grid if wrong_ok(t)), grid[-1])
+    base_f1 = at(0.0)["answerable"]["f1"]
+    chosen = floor
+    for t in grid:
+        if t <= floor:
+            continue
+        if base_f1 - at(t)["answerable"]["f1"] > max_f1_cost:
+            break
+        chosen = t
+    return chosen
+
+
 def read_cases(cases, reader) -> list[dict]:
     """What the reader finds for each case: its top spans with raw logits, the passage's
     relevance, and EM/F1 against the golds."""
@@ -241,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--holdout-json", help="a training run's holdout.json (gives --data/--titles)")
     ap.add_argument("--limit", type=int, default=2000, help="questions at most")
     ap.add_argument("--wrong-doc-target", type=float, default=0.95)
+    ap.add_argument("--max-f1-cost", type=float, default=1.0,
+                    help="past the wrong-document goal, raise the threshold (refusing more "
+                         "on-topic unanswerable questions) while answerable F1 drops by at most this")
     ap.add_argument("--no-relevance", action="store_true",
                     help="no topic model: confidence from the reader's logits alone")
     ap.add_argument("--length-penalties", nargs="+", type=float, metavar="LP",
@@ -318,8 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         return kinds
 
     grid = [round(x, 3) for x in np.arange(0.0, 1.0, 0.005)]
-    chosen = next((t for t in grid if at(t).get("wrong_document", {"abstain_rate": 1})["abstain_rate"]
-                   >= args.wrong_doc_target), grid[-1])
+    chosen = choose_threshold(at, grid, args.wrong_doc_target, args.max_f1_cost)
     cal.threshold = chosen
     never, final = at(0.0), at(chosen)
     ece = expected_calibration_error([r["conf"] for r in ans], [r["em"] == 1.0 for r in ans])
