@@ -163,6 +163,11 @@ class Conversation:
     def reset(self) -> None:
         self.history.clear()
 
+    def undo(self) -> Turn | None:
+        """Forget the last turn (so the next question is read without it); returns it, or
+        None when there is none."""
+        return self.history.pop() if self.history else None
+
     def ask(self, question: str, top_k: int = 3, passages: int | None = None,
             threshold: float | None = None) -> Answer:
         q = check_question(question)

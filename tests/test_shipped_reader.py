@@ -64,3 +64,10 @@ def test_answers_questions_about_the_article(qa, question, golds):
 def test_abstains_when_the_article_cannot_answer(qa, question):
     a = qa.ask(question)
     assert a.abstained, (question, a.text, a.score)
+
+
+def test_every_built_in_example_question_is_answered(qa):
+    from ui.app import DEFAULT_EXAMPLES
+
+    refused = [a.question for a in qa.ask_many(DEFAULT_EXAMPLES) if a.abstained]
+    assert not refused  # a clicked example must never be met with "the document doesn't say"

@@ -1,5 +1,6 @@
 """The chat page over a real server on a free localhost port, driven through gradio_client
 (the named API) and, when Debian's chromium is installed, a real browser (Playwright)."""
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -31,9 +32,33 @@ def _serve(qa: DocumentQA, **app_options):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_reader_dir, embedder):
+def feedback_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("feedback") / "feedback.jsonl"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_reader_dir, embedder, feedback_log):
     qa = DocumentQA.default(reader=str(tiny_reader_dir))
     qa.warm_up()
+    url, demo = _serve(qa, feedback_log=feedback_log)
+    yield url
+    demo.close()
+
+
+class SlowQA(DocumentQA):
+    """Reads for 1.5 s, so a browser can see what the page does while an answer is pending."""
+
+    def read(self, *args, **kwargs):
+        import time
+
+        time.sleep(1.5)
+        return super().read(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def slow_server(tiny_reader_dir, embedder):
+    base = DocumentQA.default(reader=str(tiny_reader_dir))
+    qa = SlowQA(base.store, base.reader)
     url, demo = _serve(qa)
     yield url
     demo.close()
@@ -108,16 +133,20 @@ def test_suggested_questions_fit_the_document():
     doc = document_from_text("Marie Curie won in 1903. Marie Curie later won again in 1911.")
     qs = suggest_questions(doc)
     assert "Who is Marie Curie?" in qs and any("1903" in q or "1911" in q for q in qs)
+    assert "Who is British Museum?" not in suggest_questions(document_from_text(
+        "The British Museum opened. The British Museum is large. Visit the British Museum."))
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _open_page(pw, server):
+def _open_page(pw, server, viewport=(1100, 900), permissions=()):
     browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
         "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"])
-    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]},
+                                  permissions=list(permissions))
+    page = context.new_page()
     page.goto(server, wait_until="domcontentloaded")
     page.locator("#question textarea").wait_for(timeout=60_000)
     # Settings: threshold 0 so the random tiny reader always answers.
@@ -233,4 +262,170 @@ def test_browser_answer_highlight_and_confidence_are_readable(server, theme):
             n = n.parentElement; } return 'rgb(255, 255, 255)'; }""")
         assert _contrast(color, bubble) >= 4.5, (theme, color, bubble)
         page.screenshot(path=str(ART / f"contrast-{theme}.png"), full_page=True)
+        browser.close()
+
+
+def _needs_chromium(f):
+    return pytest.mark.skipif(not CHROMIUM, reason="Debian's chromium is not installed "
+                              "(.ci/run installs it)")(f)
+
+
+@_needs_chromium
+def test_browser_shows_the_question_at_once_and_queues_the_next(slow_server):
+    from playwright.sync_api import sync_playwright
+
+    ART.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, slow_server)
+        box = page.locator("#question textarea")
+        box.fill("Who is the NATO Secretary General?")
+        box.press("Enter")
+        chat = page.locator("#chat")
+        chat.get_by_text("Who is the NATO Secretary General?").wait_for(timeout=5_000)
+        chat.get_by_text("Thinking…").first.wait_for(timeout=5_000)
+        page.screenshot(path=str(ART / "pending.png"), full_page=True)
+        box.fill("Who is the Kremlin spokesperson?")  # a second question while the first is pending
+        box.press("Enter")
+        chat.get_by_text("Who is the Kremlin spokesperson?").wait_for(timeout=5_000)
+        page.wait_for_function("document.querySelector('#question textarea').value === ''")
+        assert chat.get_by_text("Thinking…").count() >= 1
+        box.fill("a draft I am still typing")
+        page.locator("#chat mark.spanqa-answer").nth(1).wait_for(timeout=60_000)
+        assert chat.get_by_text("Thinking…").count() == 0
+        assert box.input_value() == "a draft I am still typing"  # the answers did not wipe it
+        text = chat.inner_text()
+        assert text.index("NATO Secretary General?") < text.index("Kremlin spokesperson?")
+        browser.close()
+
+
+@_needs_chromium
+def test_browser_example_click_asks_it(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, server)
+        example = page.locator("#examples button").first
+        asked = example.inner_text().strip().rstrip(".").rstrip("…")
+        example.click()
+        page.locator("#chat mark.spanqa-answer").first.wait_for(timeout=60_000)
+        assert asked[:40] in page.locator("#chat").inner_text()
+        page.screenshot(path=str(ART / "example-click.png"), full_page=True)
+        browser.close()
+
+
+@_needs_chromium
+def test_browser_upload_shows_progress_a_divider_and_back_keeps_the_chat(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    doc = tmp_path / "harbour.md"
+    doc.write_text("# Harbour log\n\n" + "\n\n".join(
+        f"Ship number {i} docked at pier {i % 7} carrying {i * 3} tonnes of grain for Anna Berg."
+        for i in range(1600)))  # ~200 passages: a few seconds of indexing to watch
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, server)
+        _ask(page, "Who is the NATO Secretary General?", 0)
+        page.locator("#upload-panel").get_by_text("Use your own document").first.click()
+        page.locator("#upload input[type=file]").set_input_files(str(doc))
+        progress = page.get_by_text(re.compile(r"indexing \d+/\d+ passages")).first
+        progress.wait_for(timeout=30_000)
+        page.screenshot(path=str(ART / "upload-progress.png"), full_page=True)
+        page.locator("#upload-status").get_by_text("Loaded").wait_for(timeout=120_000)
+        chat = page.locator("#chat")
+        assert chat.get_by_text("New document").first.is_visible()
+        assert "Harbour log" in page.locator("#doc-info").inner_text()
+        _ask(page, "Who gets the grain?", 1)
+        page.locator("#back").click()
+        chat.get_by_text("Back to the bundled document").first.wait_for(timeout=10_000)
+        # the chat was not wiped: both questions are still there
+        assert "NATO Secretary General?" in chat.inner_text() and "grain?" in chat.inner_text()
+        assert "Biden" in page.locator("#doc-info").inner_text()
+        page.screenshot(path=str(ART / "upload-back.png"), full_page=True)
+        browser.close()
+
+
+@_needs_chromium
+def test_browser_phone_layout_keeps_the_answer_and_its_confidence_in_view(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, server, viewport=(390, 844))
+        _ask(page, "Who is the NATO Secretary General?", 0)
+        page.wait_for_timeout(500)
+        for sel in ("#chat mark.spanqa-answer", "#chat .spanqa-conf"):
+            box = page.locator(sel).first.bounding_box()
+            assert box and 0 <= box["x"] and box["x"] + box["width"] <= 390 + 1, (sel, box)
+            assert 0 <= box["y"] and box["y"] + box["height"] <= 844, (sel, box)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scroll
+        page.screenshot(path=str(ART / "phone.png"))
+        browser.close()
+
+
+@_needs_chromium
+def test_browser_controls_have_names_for_screen_readers_and_a_welcome(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, server)
+        assert page.get_by_role("textbox", name="Question").count() == 1
+        assert "spanqa answers questions about a document" in page.locator("#chat").inner_text()
+        for name in ("Ask", "Copy answer", "Show the answer in the document", "Clear chat"):
+            assert page.get_by_role("button", name=name).count() >= 1, name
+        _ask(page, "Who is the NATO Secretary General?", 0)
+        for name in ("Retry", "Undo", "Like", "Dislike"):  # the chat's icon buttons
+            assert page.locator("#chat").get_by_role("button", name=name).count() >= 1, name
+        browser.close()
+
+
+@_needs_chromium
+def test_browser_copy_gives_plain_text_and_the_document_view_shows_the_answer(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, server, permissions=["clipboard-read", "clipboard-write"])
+        _ask(page, "Who is the NATO Secretary General?", 0)
+        answer = page.locator("#chat mark.spanqa-answer").first.inner_text()
+        page.locator("#copy").click()
+        page.get_by_text("Copied the answer").first.wait_for(timeout=10_000)
+        copied = ""
+        for _ in range(50):
+            copied = page.evaluate("navigator.clipboard.readText()")
+            if copied:
+                break
+            page.wait_for_timeout(200)
+        assert answer in copied and "Source: Biden Greenlights" in copied
+        assert "<" not in copied and "&#" not in copied
+        page.locator("#show-in-doc").click()
+        mark = page.locator("#doc-view #doc-answer")
+        mark.wait_for(timeout=10_000)
+        page.wait_for_timeout(600)  # the scroll
+        view = page.locator("#doc-view").bounding_box()
+        box = mark.bounding_box()
+        assert mark.inner_text() == answer
+        assert view["y"] <= box["y"] and box["y"] + box["height"] <= view["y"] + view["height"]
+        page.screenshot(path=str(ART / "copy-and-document.png"), full_page=True)
+        browser.close()
+
+
+@_needs_chromium
+def test_browser_undo_retry_and_like_act_on_the_last_answer(server, feedback_log):
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser, page = _open_page(pw, server)
+        _ask(page, "Who is the NATO Secretary General?", 0)
+        chat = page.locator("#chat")
+        chat.get_by_role("button", name="Like").last.click()
+        page.get_by_text("feedback was saved").first.wait_for(timeout=10_000)
+        rec = json.loads(feedback_log.read_text().splitlines()[-1])
+        assert rec["liked"] is True and rec["question"] == "Who is the NATO Secretary General?"
+        chat.get_by_role("button", name="Retry").last.click()
+        page.wait_for_timeout(1500)
+        assert chat.inner_text().count("Who is the NATO Secretary General?") == 1
+        assert chat.locator("mark.spanqa-answer").count() == 1
+        chat.get_by_role("button", name="Undo").last.click()
+        page.wait_for_function("document.querySelectorAll('#chat mark.spanqa-answer').length == 0",
+                               timeout=10_000)
+        assert page.locator("#question textarea").input_value() == "Who is the NATO Secretary General?"
         browser.close()

@@ -1,10 +1,12 @@
 """The Gradio chat page: ``spanqa serve``.
 
 One ``DocumentQA`` over the start-up document(s) is shared by every visitor; a visitor who
-uploads a document gets a ``DocumentQA`` of their own in their session state (never seen by
-anyone else), built on the same shared embedder and reader, so models load once. Requests
-are queued with a concurrency limit. Every handler turns errors into a message in the chat or
-a ``gr.Error`` for API callers; nothing a visitor sends can stop the server.
+uploads a document gets a ``DocumentQA`` of their own in their session
+(:class:`ui.session.ChatSession`, never seen by anyone else), built on the same shared
+embedder and reader, so models load once. A question shows at once with a placeholder and is
+answered in turn; follow-ups are read in the light of the conversation. Requests are queued
+with a concurrency limit. Every handler turns errors into a message in the chat or a
+``gr.Error`` for API callers; nothing a visitor sends can stop the server.
 
 Named API endpoints (``gradio_client``): ``/ask`` (question, passages, threshold → answer as
 JSON) and ``/upload`` (file → status); both act on the caller's session.
@@ -12,8 +14,6 @@ JSON) and ``/upload`` (file → status); both act on the caller's session.
 from __future__ import annotations
 
 import logging
-import re
-from collections import Counter
 from pathlib import Path
 
 import gradio as gr
@@ -22,7 +22,9 @@ from index.documents import SUPPORTED_SUFFIXES, Document, load_file
 from index.store import DocumentStore
 from qa.errors import SpanQAError
 from qa.pipeline import DEFAULT_DOCUMENT, DocumentQA
-from ui.render import CSS, answer_messages, safe_text
+from ui.render import CSS, WELCOME, safe_text
+from ui.session import ChatSession
+from ui.suggest import answerable_examples, candidate_questions
 
 log = logging.getLogger("spanqa.ui")
 
@@ -34,38 +36,13 @@ DEFAULT_EXAMPLES = [
     "Which city is the focus of the fighting near the border?",
     "Who is the NATO Secretary General?",
     "What did Vladimir Putin warn about?",
-    "What is the population of Kharkiv?",
+    "Who is the Kremlin spokesperson?",
 ]
 
 
-_NOT_NAMES = {"The", "A", "An", "As", "In", "On", "At", "While", "However", "This", "That", "It",
-              "He", "She", "They", "We", "But", "And", "For", "With", "After", "Before", "When", "Key"}
-_TITLES = {"President", "Secretary", "General", "Minister", "Prime", "Dr", "Mr", "Mrs", "Ms",
-           "Professor", "Prof", "Senator", "Governor", "King", "Queen", "Chancellor", "State",
-           "Defense", "Defence", "Adviser", "National", "Security"}
-
-
 def suggest_questions(doc: Document, n: int = 4) -> list[str]:
-    """Example questions that fit a document: about its most frequent names and years.
-    Headings (short lines without a full stop) are skipped; titles such as "President" are
-    dropped from names."""
-    names = Counter()
-    for line in doc.text.split("\n"):
-        if len(line.split()) <= 15 and not line.rstrip().endswith((".", "?", "!", '"')):
-            continue  # a heading: capitalised words there are not names
-        for m in re.finditer(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)+\b", line):
-            words = m.group(0).split()
-            while words and (words[0] in _TITLES or words[0] in _NOT_NAMES):
-                words = words[1:]
-            if len(words) >= 2:
-                names[" ".join(words)] += 1
-    years = Counter(re.findall(r"\b(1[5-9]\d\d|20\d\d)\b", doc.text))
-    qs = []
-    for name, _ in names.most_common(n):
-        qs.append(f"Who is {name}?" if len(name.split()) in (2, 3) else f"What is {name}?")
-    for year, _ in years.most_common(2):
-        qs.append(f"What happened in {year}?")
-    return qs[:n] or ["What is this document about?"]
+    """Candidate example questions for ``doc`` (unchecked; see :mod:`ui.suggest`)."""
+    return candidate_questions(doc, n)
 
 
 def describe(qa: DocumentQA) -> str:
@@ -80,7 +57,7 @@ def build_upload(path: str, base: DocumentQA, progress=None) -> DocumentQA:
     ``SpanQAError`` with a message for the visitor when the file is refused."""
     if not path:
         raise SpanQAError("No file was received.")
-    if progress:
+    if progress is not None:  # not "if progress": a gr.Progress has a length, 0 at first
         progress(0.05, desc="reading")
     doc = load_file(path, max_bytes=MAX_UPLOAD_MB * 1024 * 1024, max_chars=MAX_TEXT_CHARS,
                     pdf_seconds=UPLOAD_PDF_SECONDS)
@@ -88,133 +65,248 @@ def build_upload(path: str, base: DocumentQA, progress=None) -> DocumentQA:
                           base.store.factory)
 
     def on_batch(done, total):
-        if progress:
+        if progress is not None:
             progress(0.1 + 0.9 * done / total, desc=f"indexing {done}/{total} passages")
 
     store.add([doc], on_batch=on_batch)
     return DocumentQA(store, base.reader, base.retriever.top_k)
 
 
-def create_app(base: DocumentQA, examples: list[str] | None = None) -> gr.Blocks:
-    docs = list(base.store.documents.values())
-    if examples is None:
-        bundled = len(docs) == 1 and docs[0].source == str(DEFAULT_DOCUMENT)
-        examples = DEFAULT_EXAMPLES if bundled else suggest_questions(docs[0])
-    base_examples = examples
-    default_threshold = float(base.reader.config.calibration.threshold) if base.reader.config else 0.5
+class Handlers:
+    """What the page's events do, one short method each; the page wiring is in
+    :func:`create_app`. Per-visitor state is a :class:`ui.session.ChatSession`."""
 
-    def current(session) -> DocumentQA:
-        return session or base
+    def __init__(self, base: DocumentQA, examples: list[str], feedback_log=None):
+        self.base, self.examples, self.feedback_log = base, examples, feedback_log
 
-    def ask_api(question, passages, threshold, session):
+    def session(self, chat: ChatSession | None) -> ChatSession:
+        return chat if chat is not None else ChatSession(self.base, self.feedback_log)
+
+    # the chat
+    def submit(self, question, chat):
+        chat = self.session(chat)
+        if not chat.submit(question):
+            gr.Warning("Please type a question first.")
+            return chat, list(chat.messages), question
+        return chat, list(chat.messages), ""
+
+    def answer(self, chat, passages, threshold):
+        chat = self.session(chat)
+        chat.answer_pending(int(passages), float(threshold))
+        return list(chat.messages)
+
+    def retry(self, chat, passages, threshold):
+        chat = self.session(chat)
+        chat.retry(int(passages), float(threshold))
+        return list(chat.messages)
+
+    def undo(self, chat):
+        chat = self.session(chat)
+        question = chat.undo()
+        return list(chat.messages), question
+
+    def clear(self, chat):
+        chat = self.session(chat)
+        chat.clear()
+        return chat, []
+
+    def like(self, chat, data: gr.LikeData):
+        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+        if chat is not None and chat.feedback(int(index), data.liked) is not None:
+            gr.Info("Thanks: your feedback was saved.")
+
+    def copy(self, chat):
+        text = chat.copy_text() if chat is not None else ""
+        if text:
+            gr.Info("Copied the answer and its citation.")
+        else:
+            gr.Info("Ask a question first: there is no answer to copy yet.")
+        return text
+
+    def show_document(self, chat):
+        html = chat.document_html() if chat is not None else ""
+        if not html:
+            gr.Info("No answer to show yet: ask a question first.")
+            return gr.update(), gr.update()
+        return html, gr.Accordion(open=True)
+
+    # documents
+    def upload(self, path, chat, progress=gr.Progress()):
+        chat = self.session(chat)
+        chat.loading = Path(path).name if path else None
         try:
-            a = current(session).ask(question or "", passages=int(passages), threshold=float(threshold))
-            return a.to_dict()
+            qa = load_upload(path, self.base, progress)
+        except SpanQAError as exc:
+            chat.loading = None
+            return (chat, list(chat.messages), gr.update(),
+                    f"⚠️ Not loaded: {safe_text(str(exc), False)}", gr.update())
+        doc = next(iter(qa.store.documents.values()))
+        progress(0.97, desc="choosing example questions")
+        try:
+            examples = answerable_examples(qa, doc)
+        except Exception:  # noqa: BLE001 - examples are a nicety; the document is loaded
+            log.exception("example questions failed")
+            examples = []
+        chat.use(qa)
+        status = (f"✅ Loaded **{safe_text(doc.title, False)}** ({len(qa.store)} passages). "
+                  "Questions now go to this document.")
+        return (chat, list(chat.messages), describe(qa), status,
+                gr.update(samples=[[q] for q in examples], visible=bool(examples)))
+
+    def back(self, chat):
+        chat = self.session(chat)
+        if chat.uploaded:
+            chat.use(self.base)
+        return (chat, list(chat.messages), describe(self.base), "Back to the bundled document.",
+                gr.update(samples=[[q] for q in self.examples], visible=True), None)
+
+    # the named API (gradio_client)
+    def ask_api(self, question, passages, threshold, chat):
+        qa = chat.qa if chat is not None else self.base
+        try:
+            return qa.ask(question or "", passages=int(passages), threshold=float(threshold)).to_dict()
         except SpanQAError as exc:
             raise gr.Error(str(exc)) from None
         except Exception:
             log.exception("ask failed")
             raise gr.Error("Something went wrong while answering; please try again.") from None
 
-    def on_chat(question, history, session, conv, passages, threshold):
-        history = list(history or [])
-        if not (question or "").strip():
-            gr.Warning("Please type a question first.")
-            return history, question, conv
-        history.append({"role": "user", "content": question})
-        qa = current(session)
-        if conv is None or conv.qa is not qa:  # a new visitor, or a new document took over
-            conv = qa.chat()
+    def upload_api(self, path, chat, progress=gr.Progress()):
+        chat = self.session(chat)
         try:
-            a = conv.ask(question, passages=int(passages), threshold=float(threshold))
-            history.extend(answer_messages(a))
-        except SpanQAError as exc:
-            history.append({"role": "assistant", "content": f"⚠️ {safe_text(str(exc), False)}"})
-        except Exception:
-            log.exception("chat failed")
-            history.append({"role": "assistant", "content": "⚠️ Something went wrong; please try again."})
-        return history, "", conv
-
-    def load_upload(path, progress) -> tuple[DocumentQA, str]:
-        """The visitor's new DocumentQA and a status line; SpanQAError when refused (and the
-        refused file is deleted from the upload folder at once)."""
-        try:
-            qa = build_upload(path, base, progress)
-        except Exception as exc:
-            if path:
-                Path(path).unlink(missing_ok=True)
-            if isinstance(exc, SpanQAError):
-                raise
-            log.exception("upload failed")
-            raise SpanQAError("the file could not be read.") from None
-        doc = next(iter(qa.store.documents.values()))
-        return qa, (f"✅ Loaded **{safe_text(doc.title, False)}** ({len(qa.store)} passages). "
-                    "Questions now go to this document.")
-
-    def on_upload(path, session, progress=gr.Progress()):
-        try:
-            qa, status = load_upload(path, progress)
-        except SpanQAError as exc:
-            return session, gr.update(), f"⚠️ Not loaded: {safe_text(str(exc), False)}", gr.update()
-        doc = next(iter(qa.store.documents.values()))
-        return qa, describe(qa), status, gr.update(samples=[[q] for q in suggest_questions(doc)])
-
-    def upload_api(path, session, progress=gr.Progress()):
-        try:
-            return load_upload(path, progress)
+            qa = load_upload(path, self.base, progress)
         except SpanQAError as exc:
             raise gr.Error(f"Not loaded: {exc}") from None
+        chat.use(qa)
+        doc = next(iter(qa.store.documents.values()))
+        return chat, (f"✅ Loaded **{safe_text(doc.title, False)}** ({len(qa.store)} passages). "
+                      "Questions now go to this document.")
 
-    def on_reset():
-        return None, describe(base), "Back to the bundled document.", gr.update(samples=[[q] for q in base_examples]), []
 
+def load_upload(path, base: DocumentQA, progress=None) -> DocumentQA:
+    """The visitor's new DocumentQA; SpanQAError when refused (and the refused file is
+    deleted from the upload folder at once)."""
+    try:
+        return build_upload(path, base, progress)
+    except Exception as exc:
+        if path:
+            Path(path).unlink(missing_ok=True)
+        if isinstance(exc, SpanQAError):
+            raise
+        log.exception("upload failed")
+        raise SpanQAError("the file could not be read.") from None
+
+
+# On a phone the page scrolls to the question box; bring the new answer's first line (answer
+# and confidence) to the top and its highlight into view inside the quote.
+_SHOW_ANSWER_JS = """() => { if (!window.matchMedia('(max-width: 640px)').matches) return;
+  setTimeout(() => { const m = [...document.querySelectorAll('#chat mark.spanqa-answer')].pop();
+    const b = [...document.querySelectorAll('#chat .spanqa-conf')].pop();
+    if (m) m.scrollIntoView({block: 'nearest'});
+    if (b) b.scrollIntoView({block: 'start'}); }, 100); }"""
+_COPY_JS = "(text) => { if (text) navigator.clipboard.writeText(text); }"
+_SCROLL_JS = ("() => { setTimeout(() => document.getElementById('doc-answer')"
+              "?.scrollIntoView({block: 'center'}), 150); }")
+
+
+def create_app(base: DocumentQA, examples: list[str] | None = None,
+               feedback_log: str | Path | None = None) -> gr.Blocks:
+    """The page over ``base``. ``feedback_log``: a JSONL file that likes and dislikes of
+    answers are appended to (off by default; ``spanqa serve --feedback-log``)."""
+    docs = list(base.store.documents.values())
+    if examples is None:
+        bundled = len(docs) == 1 and docs[0].source == str(DEFAULT_DOCUMENT)
+        examples = DEFAULT_EXAMPLES if bundled else answerable_examples(base, docs[0])
+    h = Handlers(base, examples, feedback_log)
     with gr.Blocks(title="spanqa") as demo:
-        gr.HTML(f"<style>{CSS}</style>", visible=True, elem_id="spanqa-style", padding=False)
-        session = gr.State(None)
-        conversation = gr.State(None)  # this visitor's Conversation (follow-ups read in context)
-        gr.Markdown("## spanqa · answers copied from your document")
-        info = gr.Markdown(describe(base), elem_id="doc-info")
-        chatbot = gr.Chatbot(label="Chat", height=520, elem_id="chat", sanitize_html=True)
-        with gr.Row():
-            question = gr.Textbox(placeholder="Ask about the document…", show_label=False,
-                                  scale=6, elem_id="question", max_lines=4)
-            send = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
-        example_set = gr.Dataset(components=[question], samples=[[q] for q in base_examples],
-                                 label="Example questions")
-        with gr.Accordion("Settings", open=False, elem_id="settings"):
-            passages = gr.Slider(1, 10, value=base.retriever.top_k, step=1, label="Passages to read",
-                                 elem_id="passages")
-            threshold = gr.Slider(0.0, 1.0, value=round(default_threshold, 3), step=0.01,
-                                  label="Say “the document doesn't say” below this confidence",
-                                  elem_id="threshold")
-        with gr.Accordion("Use your own document", open=False):
-            file = gr.File(label=f"Upload {' '.join(SUPPORTED_SUFFIXES)} (max {MAX_UPLOAD_MB} MB)",
-                           file_types=list(SUPPORTED_SUFFIXES), type="filepath", elem_id="upload")
-            status = gr.Markdown(elem_id="upload-status")
-            back = gr.Button("Back to the bundled document", size="sm")
-        clear = gr.ClearButton([chatbot, question], value="Clear chat")
-        clear.click(lambda: None, None, conversation, api_visibility="private")
-
-        example_set.click(lambda s: s[0], example_set, question, api_visibility="private")
-        for trigger in (send.click, question.submit):
-            trigger(on_chat, [question, chatbot, session, conversation, passages, threshold],
-                    [chatbot, question, conversation], api_visibility="private")
-        file.upload(on_upload, [file, session], [session, info, status, example_set],
-                    api_visibility="private")
-        back.click(on_reset, None, [session, info, status, example_set, chatbot], api_visibility="private")
-
-        # The named API endpoints, for gradio_client.
-        api_q = gr.Textbox(visible=False)
-        api_out = gr.JSON(visible=False)
-        api_file = gr.File(visible=False, type="filepath")
-        api_status = gr.Markdown(visible=False)
-        api_q.submit(ask_api, [api_q, passages, threshold, session], api_out, api_name="ask")
-        api_file.upload(upload_api, [api_file, session], [session, api_status], api_name="upload")
+        ui = _layout(base, examples, feedback_log)
+        _wire(h, ui)
     return demo
 
 
+def _layout(base: DocumentQA, examples: list[str], feedback_log) -> dict:
+    """The page's components, by name."""
+    cfg = base.reader.config
+    threshold = float(cfg.calibration.threshold) if cfg else 0.5
+    gr.HTML(f"<style>{CSS}</style>", visible=True, elem_id="spanqa-style", padding=False)
+    ui = {"chat": gr.State(None)}
+    gr.Markdown("## spanqa · answers copied from your document")
+    ui["info"] = gr.Markdown(describe(base), elem_id="doc-info")
+    ui["chatbot"] = gr.Chatbot(
+        label="Chat", height=520, elem_id="chat", sanitize_html=True, placeholder=WELCOME,
+        # no built-in copy button: it copies markup; "Copy answer" gives plain text
+        group_consecutive_messages=False, buttons=[])
+    with gr.Row():
+        ui["question"] = gr.Textbox(label="Question", show_label=False, scale=6, max_lines=4,
+                                    placeholder="Ask about the document…", elem_id="question")
+        ui["send"] = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
+    ui["examples"] = gr.Dataset(components=[ui["question"]], samples=[[q] for q in examples],
+                                label="Example questions (click to ask)", elem_id="examples")
+    with gr.Row():
+        ui["copy"] = gr.Button("Copy answer", size="sm", elem_id="copy")
+        ui["show_doc"] = gr.Button("Show the answer in the document", size="sm", elem_id="show-in-doc")
+        ui["clear"] = gr.Button("Clear chat", size="sm", elem_id="clear")
+    ui["copy_text"] = gr.Textbox(visible=False, elem_id="copy-text")
+    with gr.Accordion("Whole document", open=False, elem_id="doc-accordion") as acc:
+        ui["doc_view"] = gr.HTML(elem_id="doc-view")
+    ui["doc_accordion"] = acc
+    with gr.Accordion("Settings", open=False, elem_id="settings"):
+        ui["passages"] = gr.Slider(1, 10, value=base.retriever.top_k, step=1,
+                                   label="Passages to read", elem_id="passages",
+                                   info="More passages find more answers and take longer.")
+        ui["threshold"] = gr.Slider(
+            0.0, 1.0, value=round(threshold, 3), step=0.01, elem_id="threshold",
+            label="Say “the document doesn't say” below this confidence",
+            info="In the same units as the answers' confidence: 0.20 means an answer shown at "
+                 "under 20% becomes “the document doesn't say” (with the best guess shown as a guess).")
+    with gr.Accordion("Use your own document", open=False, elem_id="upload-panel"):
+        ui["file"] = gr.File(label=f"Upload {' '.join(SUPPORTED_SUFFIXES)} (max {MAX_UPLOAD_MB} MB)",
+                             file_types=list(SUPPORTED_SUFFIXES), type="filepath", elem_id="upload")
+        ui["status"] = gr.Markdown(elem_id="upload-status")
+        ui["back"] = gr.Button("Back to the bundled document", size="sm", elem_id="back")
+    # the named API endpoints, for gradio_client
+    ui["api_q"], ui["api_out"] = gr.Textbox(visible=False), gr.JSON(visible=False)
+    ui["api_file"], ui["api_status"] = gr.File(visible=False, type="filepath"), gr.Markdown(visible=False)
+    return ui
+
+
+def _wire(h: Handlers, ui: dict) -> None:
+    """Connect the page's events to the handlers."""
+    chat, chatbot, question = ui["chat"], ui["chatbot"], ui["question"]
+    settings = [ui["passages"], ui["threshold"]]
+    private = {"api_visibility": "private"}
+    # the named API first: the page's own (private) events would otherwise take these names
+    ui["api_q"].submit(h.ask_api, [ui["api_q"], *settings, chat], ui["api_out"], api_name="ask")
+    ui["api_file"].upload(h.upload_api, [ui["api_file"], chat], [chat, ui["api_status"]],
+                          api_name="upload")
+
+    def ask(event):  # show the question at once, then answer in turn
+        event(h.submit, [question, chat], [chat, chatbot, question], queue=False, **private).then(
+            h.answer, [chat, *settings], chatbot, **private).then(
+            None, None, None, js=_SHOW_ANSWER_JS, **private)
+
+    ask(ui["send"].click)
+    ask(question.submit)
+    ask(ui["examples"].click(lambda s: s[0], ui["examples"], question, queue=False, **private).then)
+    chatbot.retry(h.retry, [chat, *settings], chatbot, **private)
+    chatbot.undo(h.undo, chat, [chatbot, question], **private)
+    if h.feedback_log:  # like/dislike shows only when it is recorded
+        chatbot.like(h.like, chat, None, **private)
+    for clear in (ui["clear"].click, chatbot.clear):
+        clear(h.clear, chat, [chat, chatbot], **private)
+    ui["copy"].click(h.copy, chat, ui["copy_text"], **private).then(
+        None, ui["copy_text"], None, js=_COPY_JS, **private)
+    ui["show_doc"].click(h.show_document, chat, [ui["doc_view"], ui["doc_accordion"]], **private).then(
+        None, None, None, js=_SCROLL_JS, **private)
+    doc_outputs = [chat, chatbot, ui["info"], ui["status"], ui["examples"]]
+    ui["file"].upload(h.upload, [ui["file"], chat], doc_outputs,
+                      show_progress_on=[chatbot, ui["status"]], **private)
+    for back in (ui["back"].click, ui["file"].clear):
+        back(h.back, chat, [*doc_outputs, ui["file"]], **private)
+
+
 def serve(index=None, docs=None, reader=None, host="127.0.0.1", port=7860, concurrency=2,
-          block=True):
+          block=True, feedback_log=None):
     """Load models, warm them with one question, and start the page. ``index`` is a saved
     index's folder or an already loaded ``DocumentStore``."""
     if isinstance(index, DocumentStore):
@@ -227,7 +319,7 @@ def serve(index=None, docs=None, reader=None, host="127.0.0.1", port=7860, concu
         base = DocumentQA.default(reader=reader)
     base.warm_up()
     base.ask(DEFAULT_EXAMPLES[0])  # the first visitor should not pay for the first forward pass
-    demo = create_app(base)
+    demo = create_app(base, feedback_log=feedback_log)
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     demo.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb",
                 prevent_thread_lock=not block, show_error=True, footer_links=["api"])

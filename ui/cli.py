@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--port", type=int_option("--port", 1, 65535), default=7860)
     p.add_argument("--concurrency", type=int_option("--concurrency", 1, 64), default=2,
                    help="questions answered at once")
+    p.add_argument("--feedback-log", metavar="FILE", default=None,
+                   help="show like/dislike on answers and append each to this JSONL file "
+                        "(question, answer, confidence, document, position)")
     p.set_defaults(func=run)
 
 
@@ -41,11 +44,23 @@ def run(args) -> int:
     from ui.app import serve
 
     check_address(args.host, args.port)
+    if args.feedback_log:
+        from pathlib import Path
+
+        from qa.errors import SpanQAError
+
+        log = Path(args.feedback_log)
+        try:  # refuse an unwritable log now, not at the first click
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.open("a").close()
+        except OSError as exc:
+            raise SpanQAError(f"--feedback-log {args.feedback_log}: cannot write there "
+                              f"({exc.strerror or exc}).") from None
     index = args.index
     if index:  # a missing or damaged index is reported before the models load, and read once
         from index.store import DocumentStore
 
         index = DocumentStore.load(index)
     serve(index=index, docs=args.doc, reader=args.reader, host=args.host, port=args.port,
-          concurrency=args.concurrency)
+          concurrency=args.concurrency, feedback_log=args.feedback_log)
     return 0

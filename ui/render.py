@@ -34,7 +34,28 @@ CSS = """
 .dark .spanqa-conf.low { color: #fca5a5; }
 mark.spanqa-answer { background: #fff3a3; color: #1f2328; padding: 0 2px; }
 .dark mark.spanqa-answer { background: #5c4d00; color: #fffbe6; }
+.spanqa-divider { text-align: center; font-size: 0.9em; border-top: 1px solid currentColor;
+  padding-top: 4px; opacity: 0.85; }
+.spanqa-thinking { font-style: italic; }
+#doc-view { max-height: 420px; overflow: auto; white-space: normal; line-height: 1.5; }
+/* A phone: the chat takes most of the screen and a long passage scrolls inside its quote,
+   so the answer and its confidence (the first line of the reply) stay in view. */
+@media (max-width: 640px) {
+  #chat { height: 62vh !important; }
+  #chat blockquote { max-height: 7.5em; overflow: auto; }
+}
 """
+
+WELCOME = ("**spanqa answers questions about a document** with a passage copied from it, where "
+           "it was found and how sure it is; when the document does not say, it says so.<br>"
+           "Ask about the bundled news article below, or open **Use your own document** to "
+           "upload a .txt, .md, .html, .pdf or .docx file.")
+THINKING = '<span class="spanqa-thinking">Thinking…</span>'
+
+
+def divider(text: str) -> dict:
+    """A chat line that marks where another document took over (``text`` is markup)."""
+    return {"role": "assistant", "content": f'<div class="spanqa-divider">{text}</div>'}
 
 
 def confidence_level(score: float) -> str:
@@ -47,10 +68,31 @@ def confidence_badge(score: float) -> str:
 
 
 
+def word_bounds(text: str, lo: int, hi: int) -> tuple[int, int]:
+    """``[lo, hi)`` shrunk so that it neither starts nor ends inside a word."""
+    if 0 < lo < len(text) and not text[lo - 1].isspace():
+        nxt = next((i for i in range(lo, hi) if text[i].isspace()), None)
+        lo = nxt + 1 if nxt is not None else lo
+    if lo < hi < len(text) and not text[hi].isspace():
+        prev = next((i for i in range(hi - 1, lo - 1, -1) if text[i].isspace()), None)
+        hi = prev if prev is not None and prev > lo else hi
+    return lo, hi
+
+
+def trimmed(text: str, limit: int = 700) -> str:
+    """``text`` cut to about ``limit`` characters at a word boundary, made inert, line breaks
+    kept, with "…" where it was cut."""
+    if len(text) <= limit:
+        return safe_text(text)
+    _, hi = word_bounds(text, 0, limit)
+    return safe_text(text[:hi].rstrip()) + "…"
+
+
 def highlighted_passage(text: str, start: int, end: int, context: int = 600) -> str:
-    """The passage (trimmed around the answer if long) with the answer in <mark>."""
-    lo = max(0, start - context)
-    hi = min(len(text), end + context)
+    """The passage (trimmed around the answer at word boundaries if long) with the answer
+    in <mark>; line breaks kept."""
+    lo, hi = word_bounds(text, max(0, start - context), min(len(text), end + context))
+    lo, hi = min(lo, start), max(hi, end)
     before, ans, after = text[lo:start], text[start:end], text[end:hi]
     return ((("…" if lo else "") + safe_text(before)) + f'<mark class="spanqa-answer">{safe_text(ans)}</mark>'
             + safe_text(after) + ("…" if hi < len(text) else ""))
@@ -81,7 +123,7 @@ def answer_messages(a: Answer) -> list[dict]:
         msgs = [{"role": "assistant", "content": note + "\n\n".join(parts)}]
         if a.passages:
             quoted = "\n\n".join(
-                f"<blockquote>{safe_text(p.chunk.text[:700])}{'…' if len(p.chunk.text) > 700 else ''}"
+                f"<blockquote>{trimmed(p.chunk.text)}"
                 f"<br><small>— {safe_text(p.title, False)}, characters {p.chunk.start}–{p.chunk.end}"
                 f"{f', page {p.chunk.page}' if p.chunk.page else ''}</small></blockquote>"
                 for p in a.passages[:2])
@@ -99,3 +141,25 @@ def answer_messages(a: Answer) -> list[dict]:
                      "metadata": {"title": f"{len(a.candidates)} other candidate answers",
                                   "status": "done"}})
     return msgs
+
+
+def plain_answer(a: Answer) -> str:
+    """The answer and its citation as plain text (what "Copy answer" puts on the clipboard)."""
+    if a.abstained:
+        return f"{a.question}\nThe document doesn't say."
+    where = ", ".join(x for x in (a.title or a.doc_id or "",
+                                  f"section \u201c{a.section}\u201d" if a.section else "",
+                                  f"page {a.page}" if a.page else "",
+                                  f"characters {a.start}\u2013{a.end}") if x)
+    return f"\u201c{a.text}\u201d ({a.score:.0%} confidence)\nSource: {where}"
+
+
+def document_view(text: str, title: str, start: int, end: int, window: int = 20_000) -> str:
+    """The document (or ``window`` characters either side of the answer, for a long one) as
+    inert HTML with the answer in ``<mark id="doc-answer">``, for the whole-document view."""
+    lo, hi = word_bounds(text, max(0, start - window), min(len(text), end + window))
+    lo, hi = min(lo, start), max(hi, end)
+    return (f"<h4>{safe_text(title, False)}</h4>" + ("<p>…</p>" if lo else "")
+            + "<p>" + safe_text(text[lo:start]) + '<mark id="doc-answer" class="spanqa-answer">'
+            + safe_text(text[start:end]) + "</mark>" + safe_text(text[end:hi]) + "</p>"
+            + ("<p>…</p>" if hi < len(text) else ""))
