@@ -137,8 +137,11 @@ def test_candidate_questions_ask_about_people_and_organisations():
     qs = candidate_questions(document_from_text(TEXT))
     assert "Who is Lena Ruiz?" in qs and "What is the Kovar Museum?" in qs
     assert "What did Lena Ruiz say?" in qs and "What happened in 1932?" in qs
-    assert not any("Ancient" in q for q in candidate_questions(document_from_text(
-        "Ancient Egyptian art. Ancient Egyptian tombs. The Ancient Egyptian gods.")))
+    odd = candidate_questions(document_from_text(
+        "Ancient Egyptian art reached the United States. The United States bought Ancient "
+        "Egyptian tombs. Boats on the Nile River carried them."))
+    assert not any("Ancient" in q or "United States" in q for q in odd)
+    assert "Where is the Nile River?" in odd
 
 
 def test_only_confidently_answered_examples_are_offered(qa):

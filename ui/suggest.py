@@ -1,7 +1,8 @@
 """Example questions for a document that spanqa can actually answer.
 
 Candidates come from the document itself: the names it mentions most (people get "Who is
-…?", organisations "What is the …?"), what named people said, and the years it mentions.
+…?", organisations "What is the …?", rivers and seas "Where is the …?"; countries none), what
+named people said, and the years it mentions.
 Each candidate is then asked of the document, and only those answered confidently, with an
 answer that is not just words of the question, are offered, most confident first.
 """
@@ -25,6 +26,9 @@ ORG_WORDS = {"Museum", "University", "Union", "Council", "Ministry", "Department
              "Congress", "Administration", "Alliance", "Fund", "Foundation", "Group",
              "Corporation", "Association", "Commission", "Service", "Church", "School",
              "College", "Hospital", "Pentagon", "Kremlin", "Library", "Society", "Board"}
+# Countries and other places: "Who is United States?" is the kind of example to avoid.
+COUNTRY_WORDS = {"States", "Kingdom", "Republic", "Emirates", "Federation", "Union", "Islands"}
+PLACE_WORDS = {"River", "Sea", "Ocean", "Lake", "Mountains", "Valley", "Bay", "Desert", "Island"}
 # Adjectives of nationality or period ("Ancient Egyptian", "British") are not things to ask about.
 _ADJECTIVE = re.compile(r"(?:ian|ean|ese|ish)$")
 _NAME = re.compile(r"\b[A-Z][a-z]+(?: (?:of |the |de |van |von )?[A-Z][a-z]+)+\b")
@@ -54,7 +58,11 @@ def candidate_questions(doc: Document, n: int = 12) -> list[str]:
     out: list[str] = []
     for name, _ in names.most_common():
         last = name.split()[-1]
-        if last in ORG_WORDS:
+        if last in COUNTRY_WORDS:
+            continue
+        if last in PLACE_WORDS:
+            out.append(f"Where is the {name}?")
+        elif last in ORG_WORDS:
             out.append(f"What is the {name}?")
         elif _ADJECTIVE.search(last):
             continue
