@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qa.calibration import expected_calibration_error
+from qa.calibration import expected_calibration_error, reliability_bins
 from qa.metrics import score
 
 RECALL_KS = (1, 3, 5, 10)
@@ -76,24 +76,19 @@ def at_threshold(rows: list[dict], t: float) -> dict:
             "has_ans_f1": 100 * _mean(has) if has else None, "abstain_rate": 100 * _mean(abst)}
 
 
+def _best_spans(rows: list[dict]) -> tuple[list[float], list[bool]]:
+    """Confidence and exact match of each answerable question's best span."""
+    has = [r for r in rows if r["golds"] and r["best_text"]]
+    return ([r["best_score"] for r in has],
+            [score(r["best_text"], r["golds"])[0] == 1.0 for r in has])
+
+
 def reliability(rows: list[dict], bins: int = 10) -> list[dict]:
     """Accuracy (exact match of the best span) by confidence bucket, answerable questions."""
-    out = []
-    has = [r for r in rows if r["golds"] and r["best_text"]]
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        rs = [r for r in has if lo <= r["best_score"] < hi or (b == bins - 1 and r["best_score"] == 1)]
-        if rs:
-            out.append({"lo": lo, "hi": hi, "n": len(rs),
-                        "confidence": _mean(r["best_score"] for r in rs),
-                        "accuracy": _mean(score(r["best_text"], r["golds"])[0] for r in rs)})
-    return out
+    return reliability_bins(*_best_spans(rows), bins)
 
 
 def ece(rows: list[dict], bins: int = 10) -> float | None:
     """Expected calibration error of the best span's confidence, answerable questions."""
-    has = [r for r in rows if r["golds"] and r["best_text"]]
-    if not has:
-        return None
-    return expected_calibration_error([r["best_score"] for r in has],
-                                      [score(r["best_text"], r["golds"])[0] == 1.0 for r in has], bins)
+    conf, correct = _best_spans(rows)
+    return expected_calibration_error(conf, correct, bins) if conf else None

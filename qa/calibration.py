@@ -92,17 +92,25 @@ def _model_key(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1].lower().replace("_", "-")
 
 
+def reliability_bins(conf: list[float], correct: list[bool], bins: int = 10) -> list[dict]:
+    """Equal-width confidence bins that hold any point: ``lo``, ``hi``, ``n``, the mean
+    ``confidence`` and the ``accuracy`` (share correct) inside each. A confidence of exactly
+    1 falls in the last bin. The one binning behind ECE and the reliability plot."""
+    out = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, c in enumerate(conf) if (lo <= c < hi) or (b == bins - 1 and c == 1.0)]
+        if idx:
+            out.append({"lo": lo, "hi": hi, "n": len(idx),
+                        "confidence": sum(conf[i] for i in idx) / len(idx),
+                        "accuracy": sum(bool(correct[i]) for i in idx) / len(idx)})
+    return out
+
+
 def expected_calibration_error(conf: list[float], correct: list[bool], bins: int = 10) -> float:
     """ECE: the gap between confidence and accuracy, averaged over equal-width bins."""
     n = len(conf)
     if n == 0:
         return 0.0
-    total = 0.0
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        idx = [i for i, c in enumerate(conf) if (lo <= c < hi) or (b == bins - 1 and c == 1.0)]
-        if idx:
-            acc = sum(correct[i] for i in idx) / len(idx)
-            avg = sum(conf[i] for i in idx) / len(idx)
-            total += len(idx) / n * abs(acc - avg)
-    return total
+    return sum(b["n"] / n * abs(b["accuracy"] - b["confidence"])
+               for b in reliability_bins(conf, correct, bins))
