@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 from index.documents import Document, document_from_text, load_file, replace_surrogates
 from index.store import DocumentStore
 from qa.errors import DocumentError, EmptyQuestionError, OptionError
-from qa.reader import ExtractiveReader, ReaderResult
+from qa.reader import ExtractiveReader
 from qa.retriever import DEFAULT_TOP_K, Retriever
+from qa.scoring import ReaderResult, score_spans
 from qa.types import Answer, Passage
 
 if TYPE_CHECKING:
@@ -189,10 +190,14 @@ class DocumentQA:
         """The reader's answers to (already checked) questions over the given passages: the
         step after retrieval, for callers that choose passages themselves (a conversation
         adds the passage of the previous answer)."""
-        results = self.reader.predict_many(
-            questions, [[p.chunk.text for p in ps] for ps in passages], top_k=max(top_k, 1),
-            threshold=threshold, relevance=[[p.score for p in ps] for ps in passages],
-            relevance_model=self.store.embedder.name)
+        raw = self.reader.read_spans(questions, [[p.chunk.text for p in ps] for ps in passages])
+        cal = self.reader.config.calibration
+        # the scoring step: the retriever's similarities count only on the scale the
+        # calibration was fitted for (the same embedder); otherwise its default stands in
+        relevance = ([[p.score for p in ps] for ps in passages]
+                     if cal.accepts_relevance_from(self.store.embedder.name) else None)
+        results = score_spans(raw, cal, cal.threshold if threshold is None else threshold,
+                              max(top_k, 1), relevance)
         return [self._answer(q, ps, r) for q, ps, r in zip(questions, passages, results)]
 
     def chat(self) -> "Conversation":

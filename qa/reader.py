@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from qa.calibration import Calibration
-from qa.decoding import decode_windows, drop_overlaps, min_null_logit
+from qa.decoding import decode_windows, min_null_logit
 from qa.errors import ModelNotFoundError, OptionError
 from qa.features import build_windows
 from qa.packed import is_packed, load_packed
+from qa.scoring import RawSpan, ReaderResult, ReaderSpan, score_spans  # noqa: F401 (re-exported)
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_READER_DIR = MODELS_DIR / "reader"
@@ -87,28 +88,6 @@ class ReaderConfig:
                 raise OptionError(f"Reader setting {k} must be a positive {want.__name__}, not {v!r}.")
             setattr(out, k, want(v))
         return out
-
-
-@dataclass
-class ReaderSpan:
-    """One answer span found by the reader, in the coordinates of the passage it came from."""
-
-    passage: int  # index into the passages handed to the reader
-    text: str
-    char_start: int  # end exclusive
-    char_end: int
-    score: float  # calibrated confidence in [0, 1]
-    logit: float  # start+end logit, less the length penalty
-    null_logit: float  # the window's no-answer logit
-
-
-@dataclass
-class ReaderResult:
-    """The reader's verdict for one question: ranked spans and whether to abstain."""
-
-    spans: list[ReaderSpan]
-    abstained: bool
-    no_answer_score: float  # 1 - best span's confidence (0 < x < 1); 1.0 with no span at all
 
 
 def resolve_model_path(model: str | Path | None) -> str:
@@ -233,56 +212,40 @@ class ExtractiveReader:
         return windows, start, end
 
     def predict(self, question: str, passages: list[str], top_k: int = 5,
-                threshold: float | None = None, relevance: list[float] | None = None,
-                relevance_model: str | None = None) -> ReaderResult:
-        """Answer one question from its passages (one batch through the model)."""
-        return self.predict_many([question], [passages], top_k, threshold,
-                                 None if relevance is None else [relevance], relevance_model)[0]
+                threshold: float | None = None) -> ReaderResult:
+        return self.predict_many([question], [passages], top_k, threshold)[0]
 
     def predict_many(self, questions: list[str], passages: list[list[str]], top_k: int = 5,
-                     threshold: float | None = None,
-                     relevance: list[list[float]] | None = None,
-                     relevance_model: str | None = None) -> list[ReaderResult]:
-        """Answer many questions, each over its own passages, in as few forward passes as the
-        batch size allows. ``threshold`` overrides the configured abstention threshold.
-        ``relevance`` gives each passage's cosine similarity to its question by the embedder
-        ``relevance_model``; it counts only when that is the embedder the calibration was
-        fitted with (see :mod:`qa.calibration`), else the calibration's default stands in."""
+                     threshold: float | None = None) -> list[ReaderResult]:
+        """The reader on its own: :meth:`read_spans`, then the scoring step
+        (:func:`qa.scoring.score_spans`) with this reader's calibration and no passage
+        similarity. ``threshold`` overrides the configured abstention threshold."""
+        self.warm_up()
+        cal = self.config.calibration
+        return score_spans(self.read_spans(questions, passages), cal,
+                           cal.threshold if threshold is None else threshold, top_k)
+
+    def read_spans(self, questions: list[str], passages: list[list[str]]) -> list[list[RawSpan]]:
+        """Every question's candidate spans over its own passages, with raw logits, in as few
+        forward passes as the batch size allows (unsorted, uncalibrated)."""
         self.warm_up()
         cfg = self.config
-        threshold = cfg.calibration.threshold if threshold is None else threshold
-        if not cfg.calibration.accepts_relevance_from(relevance_model):
-            relevance = None
-        q_flat, p_flat, owner, rel_flat = [], [], [], []
+        q_flat, p_flat, owner = [], [], []
         for qi, (q, ps) in enumerate(zip(questions, passages)):
             for pi, p in enumerate(ps):
                 q_flat.append(q)
                 p_flat.append(p)
                 owner.append((qi, pi))
-                rel_flat.append(None if relevance is None else float(relevance[qi][pi]))
-        results = [ReaderResult([], True, 1.0) for _ in questions]
+        out: list[list[RawSpan]] = [[] for _ in questions]
         if not q_flat:
-            return results
+            return out
         windows, start, end = self.window_logits(q_flat, p_flat)
         cands = decode_windows(start, end, windows.offsets, windows.pair_index,
                                cfg.max_answer_len, cfg.top_n_per_window, cfg.length_penalty)
         nulls = min_null_logit(start, end, windows.pair_index)
-        per_q: dict[int, list[ReaderSpan]] = {}
         for pair, cs in cands.items():
             qi, pi = owner[pair]
             text = p_flat[pair]
-            for c in cs:
-                per_q.setdefault(qi, []).append(ReaderSpan(
-                    passage=pi, text=text[c.char_start:c.char_end], char_start=c.char_start,
-                    char_end=c.char_end,
-                    score=cfg.calibration.confidence(c.logit, nulls[pair], rel_flat[pair]),
-                    logit=c.logit, null_logit=nulls[pair]))
-        for qi, spans in per_q.items():
-            spans.sort(key=lambda s: (-s.score, -s.logit))
-            spans = [s for s in spans if any(ch.isalnum() for ch in s.text)]  # never "." alone
-            spans = drop_overlaps(spans, key=lambda s: (s.passage, s.char_start, s.char_end))
-            best = spans[0].score if spans else 0.0
-            results[qi] = ReaderResult(spans=spans[:top_k],
-                                       abstained=best < threshold,
-                                       no_answer_score=1.0 - best)
-        return results
+            out[qi].extend(RawSpan(pi, text[c.char_start:c.char_end], c.char_start, c.char_end,
+                                   c.logit, nulls[pair]) for c in cs)
+        return out

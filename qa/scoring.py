@@ -1,0 +1,75 @@
+"""The scoring step: the reader's raw spans, and each passage's similarity to the question,
+become calibrated confidences, a ranking across passages, and the decision to abstain.
+
+The reader (:mod:`qa.reader`) only reads: it returns every candidate span with its raw
+logit and its window's no-answer logit (:class:`RawSpan`). What those numbers mean as a
+probability, and how much the retriever's similarity adds, is the calibration's business
+(:mod:`qa.calibration`); the pipeline runs this step with the similarities the retriever
+computed, the reader used on its own runs it without them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qa.calibration import Calibration
+from qa.decoding import drop_overlaps
+
+
+@dataclass(frozen=True)
+class RawSpan:
+    """A candidate span as the reader found it, before any calibration."""
+
+    passage: int  # index into the passages handed to the reader
+    text: str
+    char_start: int  # in the passage; end exclusive
+    char_end: int
+    logit: float  # start+end logit, less the length penalty
+    null_logit: float  # the passage's no-answer logit
+
+
+@dataclass
+class ReaderSpan:
+    """One answer span, scored, in the coordinates of the passage it came from."""
+
+    passage: int
+    text: str
+    char_start: int
+    char_end: int
+    score: float  # calibrated confidence in [0, 1]
+    logit: float
+    null_logit: float
+
+
+@dataclass
+class ReaderResult:
+    """The verdict for one question: ranked spans and whether to abstain."""
+
+    spans: list[ReaderSpan]
+    abstained: bool
+    no_answer_score: float  # 1 - best span's confidence (0 < x < 1); 1.0 with no span at all
+
+
+def score_spans(raw: list[list[RawSpan]], calibration: Calibration, threshold: float,
+                top_k: int, relevance: list[list[float]] | None = None) -> list[ReaderResult]:
+    """Each question's spans with calibrated confidences, best first, overlapping spans of a
+    passage dropped and spans without a letter or digit left out, at most ``top_k`` kept;
+    abstain when the best confidence is below ``threshold``. ``relevance[q][p]`` is passage
+    ``p``'s similarity to question ``q`` on the scale the calibration was fitted with (None:
+    the calibration's default stands in)."""
+    results = []
+    for qi, spans in enumerate(raw):
+        scored = [ReaderSpan(s.passage, s.text, s.char_start, s.char_end,
+                             calibration.confidence(s.logit, s.null_logit,
+                                                    None if relevance is None
+                                                    else float(relevance[qi][s.passage])),
+                             s.logit, s.null_logit) for s in spans]
+        if not scored:
+            results.append(ReaderResult([], True, 1.0))
+            continue
+        scored.sort(key=lambda s: (-s.score, -s.logit))
+        scored = [s for s in scored if any(ch.isalnum() for ch in s.text)]  # never "." alone
+        scored = drop_overlaps(scored, key=lambda s: (s.passage, s.char_start, s.char_end))
+        best = scored[0].score if scored else 0.0
+        results.append(ReaderResult(spans=scored[:top_k], abstained=best < threshold,
+                                    no_answer_score=1.0 - best))
+    return results
