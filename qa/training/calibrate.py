@@ -32,6 +32,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -67,10 +68,21 @@ def fit_platt(features: list[tuple[float, ...]], correct: list[bool], steps: int
     return (*(float(v) for v in ws), float(b - (w * mu / sd).sum()))
 
 
-def build_cases(articles: list[SquadArticle], embedder, rng: random.Random, limit: int):
-    """(kind, question, passages, golds, relevances) for answerable, unanswerable and
-    wrong-document cases; ``relevances`` are the passages' cosine similarities to the question,
-    as the retriever would report them."""
+class CalibrationCase(NamedTuple):
+    """One held-out question as the reader will read it."""
+
+    kind: str  # "answerable", "unanswerable" or "wrong_document"
+    question: str
+    passages: list[str]
+    golds: list[str]  # empty unless answerable
+    relevance: list[float]  # each passage's similarity to the question, as the retriever reports
+
+
+def build_cases(articles: list[SquadArticle], embedder, rng: random.Random,
+                limit: int) -> list[CalibrationCase]:
+    """Answerable, unanswerable and wrong-document cases, each question reading its gold
+    paragraph and the two paragraphs of the article most similar to it (wrong-document: the
+    three most similar of another article)."""
     para_vecs = {a.title: embedder.embed(a.paragraphs, progress=False) for a in articles}
     qs = [q for a in articles for q in a.questions]
     rng.shuffle(qs)
@@ -82,20 +94,21 @@ def build_cases(articles: list[SquadArticle], embedder, rng: random.Random, limi
         art = by_title[q.title]
         sims = para_vecs[q.title] @ v
         picked = [q.paragraph] + [i for i in np.argsort(-sims) if i != q.paragraph][:2]
-        cases.append(("unanswerable" if q.is_impossible else "answerable", q.question,
-                      [art.paragraphs[i] for i in picked], q.gold_texts,
-                      [float(sims[i]) for i in picked]))
+        cases.append(CalibrationCase("unanswerable" if q.is_impossible else "answerable",
+                                     q.question, [art.paragraphs[i] for i in picked],
+                                     q.gold_texts, [float(sims[i]) for i in picked]))
         if not q.is_impossible and len(articles) > 1:
             other = rng.choice([a for a in articles if a.title != q.title])
             o_sims = para_vecs[other.title] @ v
             top = np.argsort(-o_sims)[:3]
-            cases.append(("wrong_document", q.question, [other.paragraphs[i] for i in top], [],
-                          [float(o_sims[i]) for i in top]))
+            cases.append(CalibrationCase("wrong_document", q.question,
+                                         [other.paragraphs[i] for i in top], [],
+                                         [float(o_sims[i]) for i in top]))
     return cases
 
 
 def build_retrieved_cases(articles: list[SquadArticle], embedder, rng: random.Random, limit: int,
-                          passages: int):
+                          passages: int) -> list[CalibrationCase]:
     """Like :func:`build_cases`, but each question reads the ``passages`` chunks the retriever
     finds in its article's own index, as users' questions do (the gold paragraph may be
     missing); wrong-document cases read what it finds in another article's index."""
@@ -117,13 +130,15 @@ def build_retrieved_cases(articles: list[SquadArticle], embedder, rng: random.Ra
         for title in {q.title for q in batch}:
             mine = [q for q in batch if q.title == title]
             for q, ps in zip(mine, retrievers[title].retrieve_many([q.question for q in mine])):
-                cases.append(("unanswerable" if q.is_impossible else "answerable", q.question,
-                              [p.chunk.text for p in ps], q.gold_texts, [p.score for p in ps]))
+                cases.append(CalibrationCase(
+                    "unanswerable" if q.is_impossible else "answerable", q.question,
+                    [p.chunk.text for p in ps], q.gold_texts, [p.score for p in ps]))
                 if not q.is_impossible and len(articles) > 1:
                     other = rng.choice([a.title for a in articles if a.title != title])
                     ops = retrievers[other].retrieve(q.question)
-                    cases.append(("wrong_document", q.question, [p.chunk.text for p in ops], [],
-                                  [p.score for p in ops]))
+                    cases.append(CalibrationCase("wrong_document", q.question,
+                                                 [p.chunk.text for p in ops], [],
+                                                 [p.score for p in ops]))
     return cases
 
 
@@ -237,7 +252,7 @@ def choose_threshold(at, grid: list[float], wrong_doc_target: float, max_f1_cost
     return chosen
 
 
-def read_cases(cases, reader) -> list[dict]:
+def read_cases(cases: list[CalibrationCase], reader) -> list[dict]:
     """What the reader finds for each case: its top spans with raw logits, the passage's
     relevance, and EM/F1 against the golds."""
     from tqdm import tqdm
@@ -245,14 +260,15 @@ def read_cases(cases, reader) -> list[dict]:
     rows = []
     for i in tqdm(range(0, len(cases), 16), desc="reading", file=sys.stdout, mininterval=10):
         chunk = cases[i:i + 16]
-        res = reader.predict_many([c[1] for c in chunk], [c[2] for c in chunk], top_k=20)
-        for (kind, _q, _p, golds, rels), r in zip(chunk, res):
+        res = reader.predict_many([c.question for c in chunk], [c.passages for c in chunk],
+                                  top_k=20)
+        for case, r in zip(chunk, res):
             spans = []
             for s in r.spans:
-                em, f1 = score(s.text, golds) if golds else (0.0, 0.0)
+                em, f1 = score(s.text, case.golds) if case.golds else (0.0, 0.0)
                 spans.append({"logit": s.logit, "null": s.null_logit,
-                              "relevance": rels[s.passage], "em": em, "f1": f1})
-            rows.append({"kind": kind, "spans": spans})
+                              "relevance": case.relevance[s.passage], "em": em, "f1": f1})
+            rows.append({"kind": case.kind, "spans": spans})
     return rows
 
 
