@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from qa.batcher import AskBatcher
 from qa.pipeline import DocumentQA
 from qa.types import Answer
 from ui.app import create_app, suggest_questions
@@ -40,7 +41,7 @@ def feedback_log(tmp_path_factory):
 def server(tiny_reader_dir, embedder, feedback_log):
     qa = DocumentQA.default(reader=str(tiny_reader_dir))
     qa.warm_up()
-    url, demo = _serve(qa, feedback_log=feedback_log)
+    url, demo = _serve(qa, feedback_log=feedback_log, batcher=AskBatcher(max_batch=8, max_wait=0.05))
     yield url
     demo.close()
 
@@ -76,6 +77,29 @@ def test_api_answers_with_a_span_of_the_article(client):
     assert not a["abstained"] and a["text"]
     assert a["passage_text"][a["passage_start"]:a["passage_end"]] == a["text"]
     assert a["title"].startswith("Biden Greenlights")
+
+
+def test_concurrent_api_calls_are_answered_together_and_each_gets_its_own(server, tiny_reader_dir):
+    import threading
+
+    from gradio_client import Client
+
+    questions = ["Who is the NATO Secretary General?", "Who is the Kremlin spokesperson?",
+                 "Which city is the focus of the fighting?", "What did Putin warn about?"] * 2
+    got = [None] * len(questions)
+
+    def one(i):
+        got[i] = Client(server, verbose=False).predict(questions[i], 3, 0.0, api_name="/ask")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(questions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [a["question"] for a in got] == questions
+    alone = DocumentQA.default(reader=str(tiny_reader_dir))
+    for a in got[:4]:
+        assert a["text"] == alone.ask(a["question"], passages=3, threshold=0.0).text
 
 
 def test_api_abstains_above_every_confidence(client):

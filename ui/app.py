@@ -20,6 +20,7 @@ import gradio as gr
 
 from index.documents import SUPPORTED_SUFFIXES, Document, load_file
 from index.store import DocumentStore
+from qa.batcher import AskBatcher
 from qa.errors import SpanQAError
 from qa.pipeline import DEFAULT_DOCUMENT, DocumentQA
 from ui.render import CSS, WELCOME, safe_text
@@ -76,8 +77,10 @@ class Handlers:
     """What the page's events do, one short method each; the page wiring is in
     :func:`create_app`. Per-visitor state is a :class:`ui.session.ChatSession`."""
 
-    def __init__(self, base: DocumentQA, examples: list[str], feedback_log=None):
+    def __init__(self, base: DocumentQA, examples: list[str], feedback_log=None,
+                 batcher: AskBatcher | None = None):
         self.base, self.examples, self.feedback_log = base, examples, feedback_log
+        self.batcher = batcher
 
     def session(self, chat: ChatSession | None) -> ChatSession:
         return chat if chat is not None else ChatSession(self.base, self.feedback_log)
@@ -163,8 +166,10 @@ class Handlers:
     # the named API (gradio_client)
     def ask_api(self, question, passages, threshold, chat):
         qa = chat.qa if chat is not None else self.base
+        ask = self.batcher.ask if self.batcher else (lambda qa, *a, **kw: qa.ask(*a, **kw))
         try:
-            return qa.ask(question or "", passages=int(passages), threshold=float(threshold)).to_dict()
+            return ask(qa, question or "", passages=int(passages),
+                       threshold=float(threshold)).to_dict()
         except SpanQAError as exc:
             raise gr.Error(str(exc)) from None
         except Exception:
@@ -210,14 +215,16 @@ _SCROLL_JS = ("() => { setTimeout(() => document.getElementById('doc-answer')"
 
 
 def create_app(base: DocumentQA, examples: list[str] | None = None,
-               feedback_log: str | Path | None = None) -> gr.Blocks:
+               feedback_log: str | Path | None = None,
+               batcher: AskBatcher | None = None) -> gr.Blocks:
     """The page over ``base``. ``feedback_log``: a JSONL file that likes and dislikes of
-    answers are appended to (off by default; ``spanqa serve --feedback-log``)."""
+    answers are appended to (off by default; ``spanqa serve --feedback-log``). ``batcher``:
+    concurrent ``/ask`` calls are answered together (``spanqa serve`` uses one)."""
     docs = list(base.store.documents.values())
     if examples is None:
         bundled = len(docs) == 1 and docs[0].source == str(DEFAULT_DOCUMENT)
         examples = DEFAULT_EXAMPLES if bundled else answerable_examples(base, docs[0])
-    h = Handlers(base, examples, feedback_log)
+    h = Handlers(base, examples, feedback_log, batcher)
     with gr.Blocks(title="spanqa") as demo:
         ui = _layout(base, examples, feedback_log)
         _wire(h, ui)
@@ -276,7 +283,9 @@ def _wire(h: Handlers, ui: dict) -> None:
     settings = [ui["passages"], ui["threshold"]]
     private = {"api_visibility": "private"}
     # the named API first: the page's own (private) events would otherwise take these names
-    ui["api_q"].submit(h.ask_api, [ui["api_q"], *settings, chat], ui["api_out"], api_name="ask")
+    # with a batcher, up to a batch of /ask calls wait in it together instead of in the queue
+    ui["api_q"].submit(h.ask_api, [ui["api_q"], *settings, chat], ui["api_out"], api_name="ask",
+                       concurrency_limit=h.batcher.max_batch if h.batcher else "default")
     ui["api_file"].upload(h.upload_api, [ui["api_file"], chat], [chat, ui["api_status"]],
                           api_name="upload")
 
@@ -319,7 +328,7 @@ def serve(index=None, docs=None, reader=None, host="127.0.0.1", port=7860, concu
         base = DocumentQA.default(reader=reader)
     base.warm_up()
     base.ask(DEFAULT_EXAMPLES[0])  # the first visitor should not pay for the first forward pass
-    demo = create_app(base, feedback_log=feedback_log)
+    demo = create_app(base, feedback_log=feedback_log, batcher=AskBatcher())
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     demo.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb",
                 prevent_thread_lock=not block, show_error=True, footer_links=["api"])
