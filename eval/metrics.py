@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qa.calibration import expected_calibration_error, reliability_bins
+from qa.calibration import expected_calibration_error, reliability_bins, threshold_outcome
 from qa.metrics import score
 
 RECALL_KS = (1, 3, 5, 10)
@@ -64,16 +64,16 @@ def summarize(rows: list[dict], seconds: float | None = None) -> dict:
 def at_threshold(rows: list[dict], t: float) -> dict:
     """EM/F1 and abstention had the threshold been ``t`` (re-scored from each question's best
     span), for the threshold plot."""
-    ems, f1s, abst = [], [], []
-    for r in rows:
-        pred = r["best_text"] if r["best_text"] and r["best_score"] >= t else ""
-        em, f1 = score(pred, r["golds"])
-        ems.append(em)
-        f1s.append(f1)
-        abst.append(pred == "")
-    has = [f for f, r in zip(f1s, rows) if r["golds"]]
-    return {"threshold": t, "em": 100 * _mean(ems), "f1": 100 * _mean(f1s),
-            "has_ans_f1": 100 * _mean(has) if has else None, "abstain_rate": 100 * _mean(abst)}
+    conf = [r["best_score"] if r["best_text"] else -1.0 for r in rows]
+    scored = [score(r["best_text"], r["golds"]) if r["best_text"] else (0.0, 0.0) for r in rows]
+    silent = [score("", r["golds"]) for r in rows]  # abstaining is right when there is no answer
+    em, abstain = threshold_outcome(conf, [s[0] for s in scored], [s[0] for s in silent], t)
+    f1, _ = threshold_outcome(conf, [s[1] for s in scored], [s[1] for s in silent], t)
+    has = [i for i, r in enumerate(rows) if r["golds"]]
+    has_f1 = threshold_outcome([conf[i] for i in has], [scored[i][1] for i in has],
+                               [silent[i][1] for i in has], t)[0] if has else None
+    return {"threshold": t, "em": 100 * em, "f1": 100 * f1,
+            "has_ans_f1": 100 * has_f1 if has else None, "abstain_rate": 100 * abstain}
 
 
 def _best_spans(rows: list[dict]) -> tuple[list[float], list[bool]]:

@@ -92,6 +92,21 @@ def _model_key(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1].lower().replace("_", "-")
 
 
+def threshold_outcome(conf: list[float], if_answered: list[float], if_abstained: list[float],
+                      threshold: float) -> tuple[float, float]:
+    """``(mean score, abstention rate)`` had each item been answered only at a confidence of
+    at least ``threshold``: item ``i`` scores ``if_answered[i]`` when answered, else
+    ``if_abstained[i]`` (0 for a question with an answer, 1 for one without). The one
+    threshold sweep behind calibration's choice and the evaluation's threshold plot."""
+    import numpy as np
+
+    if not conf:
+        return 0.0, 0.0
+    abstain = [c < threshold for c in conf]
+    score = [b if a else s for a, s, b in zip(abstain, if_answered, if_abstained)]
+    return float(np.mean(score)), float(np.mean(abstain))
+
+
 def reliability_bins(conf: list[float], correct: list[bool], bins: int = 10) -> list[dict]:
     """Equal-width confidence bins that hold any point: ``lo``, ``hi``, ``n``, the mean
     ``confidence`` and the ``accuracy`` (share correct) inside each. A confidence of exactly

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qa.calibration import Calibration, expected_calibration_error
+from qa.calibration import Calibration, expected_calibration_error, threshold_outcome
 from qa.decoding import decode_windows
 from qa.metrics import score
 from qa.reader import ExtractiveReader, ReaderConfig
@@ -272,7 +272,7 @@ def read_cases(cases: list[CalibrationCase], reader) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="spanqa calibrate-reader", description=__doc__.split("\n\n")[0])
     ap.add_argument("--reader", required=True, help="model folder to calibrate (updated in place)")
     ap.add_argument("--data", help="held-out SQuAD json (2.0 for unanswerables)")
@@ -300,81 +300,87 @@ def main(argv: list[str] | None = None) -> int:
                                         "later with --from-rows without reading again")
     ap.add_argument("--from-rows", help="fit on rows saved by --save-rows instead of reading")
     ap.add_argument("--report", help="write the figures here too (json)")
-    args = ap.parse_args(argv)
+    return ap
 
+
+KINDS = ("answerable", "unanswerable", "wrong_document")
+
+
+def figures_at(by_kind: dict[str, list[dict]], t: float) -> dict:
+    """Per kind of case, abstention (and for answerable ones EM and F1) at threshold ``t``,
+    from each row's chosen span (``conf``, ``em``, ``f1``)."""
+    kinds = {}
+    for k, rs in by_kind.items():
+        if not rs:
+            continue
+        conf = [r["conf"] for r in rs]
+        f1, abstain = threshold_outcome(conf, [r["f1"] for r in rs], [0.0] * len(rs), t)
+        kinds[k] = {"n": len(rs), "abstain_rate": abstain}
+        if k == "answerable":
+            em, _ = threshold_outcome(conf, [r["em"] for r in rs], [0.0] * len(rs), t)
+            kinds[k]["f1"], kinds[k]["em"] = 100 * f1, 100 * em
+    return kinds
+
+
+def read_rows(args, ap) -> tuple[list[dict], float | None, dict | None]:
+    """What the reader finds for each held-out case (or the rows saved by an earlier run),
+    and the chosen length penalty and its table when ``--length-penalties`` asked for one."""
     from index.embedder import DEFAULT_EMBEDDER, shared_embedder
 
-    titles = args.titles
-    if args.holdout_json:
-        h = json.loads(Path(args.holdout_json).read_text())
-        titles = h["titles"]
-        args.data = args.data or h["source"]
-    if args.from_rows and args.length_penalties:
-        ap.error("--length-penalties needs the reader to read again; drop --from-rows")
-    chosen_lp, lp_table = None, None
     if args.from_rows:
-        rows = [json.loads(line) for line in Path(args.from_rows).read_text().splitlines()]
+        return [json.loads(line) for line in Path(args.from_rows).read_text().splitlines()], None, None
+    if not args.data:
+        ap.error("--data (or --holdout-json, or --from-rows) is required")
+    articles = [a for a in load_squad(args.data) if not args.titles or a.title in args.titles]
+    embedder = shared_embedder(args.embedder or DEFAULT_EMBEDDER)
+    rng = random.Random(args.seed)
+    if args.cases == "retrieved":
+        cases = build_retrieved_cases(articles, embedder, rng, args.limit, args.passages)
     else:
-        if not args.data:
-            ap.error("--data (or --holdout-json, or --from-rows) is required")
-        articles = [a for a in load_squad(args.data) if not titles or a.title in titles]
-        embedder = shared_embedder(args.embedder or DEFAULT_EMBEDDER)
-        if args.cases == "retrieved":
-            cases = build_retrieved_cases(articles, embedder, random.Random(args.seed), args.limit,
-                                          args.passages)
-        else:
-            cases = build_cases(articles, embedder, random.Random(args.seed), args.limit)
-        reader = ExtractiveReader(args.reader)
-        reader.warm_up()
-        if args.length_penalties:
-            chosen_lp, lp_table = choose_length_penalty(reader, articles, args.length_penalties,
-                                                         args.limit)
-            reader.config.length_penalty = chosen_lp  # the cases are read with it
-            print("length penalty:", json.dumps(lp_table), "->", chosen_lp)
-        rows = read_cases(cases, reader)
-    if args.save_rows:
-        Path(args.save_rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        cases = build_cases(articles, embedder, rng, args.limit)
+    reader = ExtractiveReader(args.reader)
+    reader.warm_up()
+    chosen_lp = lp_table = None
+    if args.length_penalties:
+        chosen_lp, lp_table = choose_length_penalty(reader, articles, args.length_penalties,
+                                                     args.limit)
+        reader.config.length_penalty = chosen_lp  # the cases are read with it
+        print("length penalty:", json.dumps(lp_table), "->", chosen_lp)
+    return read_cases(cases, reader), chosen_lp, lp_table
 
-    cal = fit_calibration(rows, not args.no_relevance, args.embedder or DEFAULT_EMBEDDER,
-                          span_relevance=args.cases == "retrieved")
+
+def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
+    """Score every row's spans with ``cal``, choose the threshold (set on ``cal``), and the
+    held-out figures: ECE, abstention per kind, F1 cost, the curve."""
     for r in rows:  # the answer users get: the span with the highest confidence
         for s in r["spans"]:
             s["conf"] = cal.confidence(s["logit"], s["null"], s["relevance"])
         best = max(r["spans"], key=lambda s: s["conf"], default=None)
         r.update(conf=best["conf"] if best else 0.0, em=best["em"] if best else 0.0,
                  f1=best["f1"] if best else 0.0)
-    by_kind = {k: [r for r in rows if r["kind"] == k]
-               for k in ("answerable", "unanswerable", "wrong_document")}
+    by_kind = {k: [r for r in rows if r["kind"] == k] for k in KINDS}
     ans = by_kind["answerable"]
-
-    def at(t: float) -> dict:
-        kinds = {}
-        for k, rs in by_kind.items():
-            if not rs:
-                continue
-            abst = [r["conf"] < t for r in rs]
-            kinds[k] = {"n": len(rs), "abstain_rate": float(np.mean(abst))}
-            if k == "answerable":
-                kinds[k]["f1"] = 100 * float(np.mean([0.0 if a else r["f1"] for a, r in zip(abst, rs)]))
-                kinds[k]["em"] = 100 * float(np.mean([0.0 if a else r["em"] for a, r in zip(abst, rs)]))
-        return kinds
-
     grid = [round(x, 3) for x in np.arange(0.0, 1.0, 0.005)]
-    chosen = choose_threshold(at, grid, args.wrong_doc_target, args.max_f1_cost)
-    cal.threshold = chosen
-    never, final = at(0.0), at(chosen)
-    ece = expected_calibration_error([r["conf"] for r in ans], [r["em"] == 1.0 for r in ans])
-    ece_all = expected_calibration_error([r["conf"] for r in rows], [r["em"] == 1.0 for r in rows])
-    source = Path(args.data).name if args.data else args.from_rows
-    report = {"data": source, "titles": titles, "cases": len(rows), "case_kind": args.cases,
-              "passages": args.passages if args.cases == "retrieved" else 3,
-              "embedder": args.embedder or DEFAULT_EMBEDDER, "ece_answerable": ece,
-              "ece_all": ece_all, "relevance": not args.no_relevance,
-              "calibration": cal.to_dict(), "never_abstain": never, "at_threshold": final,
-              "f1_cost": never["answerable"]["f1"] - final["answerable"]["f1"],
-              "curve": [{"threshold": t, **{k: v["abstain_rate"] for k, v in a.items()},
-                         "answerable_f1": a["answerable"]["f1"]}
-                        for t, a in ((t, at(t)) for t in grid[::4])]}
+    cal.threshold = choose_threshold(lambda t: figures_at(by_kind, t), grid,
+                                     args.wrong_doc_target, args.max_f1_cost)
+    never, final = figures_at(by_kind, 0.0), figures_at(by_kind, cal.threshold)
+    return {"cases": len(rows), "case_kind": args.cases,
+            "passages": args.passages if args.cases == "retrieved" else 3,
+            "ece_answerable": expected_calibration_error([r["conf"] for r in ans],
+                                                         [r["em"] == 1.0 for r in ans]),
+            "ece_all": expected_calibration_error([r["conf"] for r in rows],
+                                                  [r["em"] == 1.0 for r in rows]),
+            "relevance": not args.no_relevance, "calibration": cal.to_dict(),
+            "never_abstain": never, "at_threshold": final,
+            "f1_cost": never["answerable"]["f1"] - final["answerable"]["f1"],
+            "curve": [{"threshold": t, **{k: v["abstain_rate"] for k, v in a.items()},
+                       "answerable_f1": a["answerable"]["f1"]}
+                      for t, a in ((t, figures_at(by_kind, t)) for t in grid[::4])]}
+
+
+def save_calibration(args, cal: Calibration, report: dict, chosen_lp, lp_table) -> None:
+    """Write the calibration and its figures into the reader folder's ``spanqa_reader.json``
+    (and ``--report``)."""
     cfg = ReaderConfig.load(args.reader)
     cfg.calibration = cal
     if lp_table is not None:
@@ -384,13 +390,37 @@ def main(argv: list[str] | None = None) -> int:
     if lp_table is None and earlier:  # this run did not choose it: keep the table that did
         report["length_penalty_table"] = earlier
     cfg.notes["calibration_report"] = {k: report[k] for k in
-                                 ("data", "titles", "cases", "case_kind", "passages", "embedder",
-                                  "ece_answerable", "ece_all",
-                                  "relevance", "never_abstain", "at_threshold", "f1_cost",
-                                  "length_penalty_table") if k in report}
+                                       ("data", "titles", "cases", "case_kind", "passages",
+                                        "embedder", "ece_answerable", "ece_all", "relevance",
+                                        "never_abstain", "at_threshold", "f1_cost",
+                                        "length_penalty_table") if k in report}
     cfg.save(args.reader)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from index.embedder import DEFAULT_EMBEDDER
+
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.holdout_json:
+        h = json.loads(Path(args.holdout_json).read_text())
+        args.titles = h["titles"]
+        args.data = args.data or h["source"]
+    if args.from_rows and args.length_penalties:
+        ap.error("--length-penalties needs the reader to read again; drop --from-rows")
+    rows, chosen_lp, lp_table = read_rows(args, ap)
+    if args.save_rows:
+        Path(args.save_rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    embedder = args.embedder or DEFAULT_EMBEDDER
+    cal = fit_calibration(rows, not args.no_relevance, embedder,
+                          span_relevance=args.cases == "retrieved")
+    figures = evaluate_calibration(rows, cal, args)
+    report = {"data": Path(args.data).name if args.data else args.from_rows,
+              "titles": args.titles, **{k: figures.pop(k) for k in ("cases", "case_kind", "passages")},
+              "embedder": embedder, **figures}
+    save_calibration(args, cal, report, chosen_lp, lp_table)
     print(json.dumps({k: report[k] for k in ("cases", "ece_answerable", "ece_all", "calibration",
                                              "never_abstain", "at_threshold", "f1_cost")}, indent=2))
     return 0
