@@ -20,7 +20,7 @@ from tqdm import tqdm
 from qa.metrics import score
 from qa.pipeline import DocumentQA, shared_reader
 from qa.retriever import DEFAULT_TOP_K
-from qa.squad import SquadQuestion, article_document, gold_spans, load_squad
+from qa.squad import SquadQuestion, article_document, gold_spans, load_squad, read_gold_paragraphs
 from qa.types import Answer
 
 
@@ -90,15 +90,9 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
     t0 = time.perf_counter()
     index_seconds = 0.0
     if cfg.reader_only:
-        from qa.pipeline import check_question
-
-        for i in range(0, len(questions), cfg.batch_size):
-            chunk = questions[i:i + cfg.batch_size]
-            t = time.perf_counter()
-            res = reader.predict_many([check_question(q.question) for _, q in chunk],
-                                      [[q.context] for _, q in chunk], top_k=1, threshold=cfg.threshold)
-            ms = (time.perf_counter() - t) * 1000 / len(chunk)
-            for (_, q), r in zip(chunk, res):
+        for chunk, res, ms in read_gold_paragraphs(reader, [q for _, q in questions],
+                                                   cfg.threshold, cfg.batch_size):
+            for q, r in zip(chunk, res):
                 rows.append(_record(q, _reader_answer(q.question, r), ms))
             bar.update(len(chunk))
     else:

@@ -104,3 +104,22 @@ def gold_spans(q: SquadQuestion, para_start: int) -> list[tuple[int, int]]:
             best = min(hits, key=lambda h: abs(h - start))
             spans.append((para_start + best, para_start + best + len(t)))
     return spans
+
+
+def read_gold_paragraphs(reader, questions: list[SquadQuestion], threshold: float | None = None,
+                         batch_size: int = 64):
+    """The standard SQuAD reader evaluation, the one place it is written: each question read
+    with its own paragraph, its best span kept (``top_k=1``), abstaining below ``threshold``
+    (0: always answer). Yields ``(questions, results, ms per question)`` batch by batch, so
+    callers can time and show progress; ``spanqa eval --reader-only``, training's dev
+    evaluation and the benchmarks use it."""
+    import time
+
+    from qa.pipeline import check_question
+
+    for i in range(0, len(questions), batch_size):
+        chunk = questions[i:i + batch_size]
+        t = time.perf_counter()
+        res = reader.predict_many([check_question(q.question) for q in chunk],
+                                  [[q.context] for q in chunk], top_k=1, threshold=threshold)
+        yield chunk, res, (time.perf_counter() - t) * 1000 / max(1, len(chunk))

@@ -33,7 +33,7 @@ from qa.features import build_windows
 from qa.metrics import score
 from qa.packed import is_packed, load_packed, resolve_base
 from qa.reader import ExtractiveReader, ReaderConfig
-from qa.squad import SquadQuestion, load_squad, questions_of
+from qa.squad import SquadQuestion, load_squad, questions_of, read_gold_paragraphs
 from qa.training.distill import TeacherCache, distill_loss, fill_teacher_cache, fingerprint
 
 
@@ -318,13 +318,9 @@ def evaluate(model, tokenizer, config: ReaderConfig, questions: list[SquadQuesti
     model.eval()
     reader = ExtractiveReader.from_loaded(model, tokenizer, config, device=device)
     em = f1 = 0.0
-    bs = 64
-    for i in range(0, len(questions), bs):
-        chunk = questions[i:i + bs]
-        res = reader.predict_many([q.question for q in chunk], [[q.context] for q in chunk], top_k=1)
+    for chunk, res, _ in read_gold_paragraphs(reader, questions, threshold=0.0):
         for q, r in zip(chunk, res):
-            pred = r.spans[0].text if r.spans else ""
-            e, f = score(pred, q.gold_texts)
+            e, f = score(r.spans[0].text if r.spans else "", q.gold_texts)
             em, f1 = em + e, f1 + f
     model.train()
     n = max(1, len(questions))
