@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from qa.errors import OptionError
 from qa.metrics import score
-from qa.pipeline import DocumentQA, shared_reader
+from qa.pipeline import DocumentQA, cascade_spec, shared_reader
 from qa.retriever import DEFAULT_TOP_K
 from qa.squad import SquadQuestion, article_document, gold_spans, load_squad, read_gold_paragraphs
 from qa.types import Answer
@@ -68,6 +69,8 @@ def _record(q: SquadQuestion, answer, latency_ms: float, golds_in_doc=None,
            "prediction": pred, "score": answer.score, "abstained": answer.abstained,
            "best_text": best.text, "best_score": best.score,
            "em": em, "f1": f1, "latency_ms": latency_ms}
+    if answer.reader:
+        row["reader"] = answer.reader
     if golds_in_doc is not None:
         row["retrieved"] = [p.chunk.id for p in answer.passages]
         row["gold_rank"] = gold_rank(answer.passages, golds_in_doc)
@@ -82,8 +85,12 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
     questions = [(ai, q) for ai, a in enumerate(articles) for q in a.questions]
     if cfg.limit:
         questions = questions[:cfg.limit]
-    reader = shared_reader(cfg.reader)
+    cascade = cfg.reader == "cascade"
+    if cascade and cfg.reader_only:
+        raise OptionError("--reader cascade needs retrieval; drop --reader-only")
+    reader = shared_reader(cascade_spec()["then"] if cascade else cfg.reader)
     reader.warm_up()
+    use = "cascade" if cascade else reader  # what each DocumentQA reads with
     rows: list[dict] = []
     bar = tqdm(total=len(questions), desc="questions", file=sys.stderr, disable=not progress,
                mininterval=2)
@@ -104,14 +111,14 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
             docs.append(doc)
             starts[ai] = (doc.id, st)
         if cfg.scope == "corpus":
-            qa = DocumentQA.from_documents(docs, reader=reader, passages=cfg.passages, progress=progress)
+            qa = DocumentQA.from_documents(docs, reader=use, passages=cfg.passages, progress=progress)
             groups.append((qa, questions))
         else:
             by_article: dict[int, list] = {}
             for ai, q in questions:
                 by_article.setdefault(ai, []).append((ai, q))
             for ai, qs in by_article.items():
-                groups.append((DocumentQA.from_documents([docs[ai]], reader=reader,
+                groups.append((DocumentQA.from_documents([docs[ai]], reader=use,
                                                          passages=cfg.passages, progress=False), qs))
         index_seconds = time.perf_counter() - ti
         for qa, qs in groups:
@@ -141,7 +148,8 @@ def single_question_latency(cfg: EvalConfig, n: int = 50) -> list[float]:
     articles = load_squad(cfg.data)
     art = articles[0]
     doc, _ = article_document(art, "a0")
-    qa = DocumentQA.from_documents([doc], reader=shared_reader(cfg.reader), passages=cfg.passages)
+    reader = "cascade" if cfg.reader == "cascade" else shared_reader(cfg.reader)
+    qa = DocumentQA.from_documents([doc], reader=reader, passages=cfg.passages)
     qa.ask(art.questions[0].question)  # warm
     out = []
     for q in art.questions[:n]:

@@ -95,12 +95,39 @@ def _many(items, what: str, method: str) -> list:
         raise DocumentError(f"{method} takes a list of {what}, not {type(items).__name__}.") from None
 
 
+CASCADE_FILE = Path(__file__).resolve().parent / "models" / "cascade.json"
+
+
+def cascade_spec(path: Path | None = None) -> dict:
+    """``--reader cascade``: which reader answers first, which one it hands unsure questions
+    to, and the cut (the first reader's calibrated confidence below which it hands over),
+    with how the cut was chosen."""
+    import json
+
+    path = path or CASCADE_FILE
+    try:
+        spec = json.loads(path.read_text())
+        float(spec["cut"]), str(spec["first"]), str(spec["then"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OptionError(f"The cascade's settings ({path}) are unreadable: {exc}") from None
+    return spec
+
+
 class DocumentQA:
-    """Ask questions of a set of documents; every answer is a span copied from one of them."""
+    """Ask questions of a set of documents; every answer is a span copied from one of them.
+
+    ``reader``: a reader, a bundled reader's name (``default``, ``fast``), a model folder, or
+    ``"cascade"``: the fast reader answers first and hands a question to the default one when
+    its calibrated confidence is below the cut in ``qa/models/cascade.json``."""
 
     def __init__(self, store: DocumentStore, reader: ExtractiveReader | str | None = None,
                  passages: int = DEFAULT_TOP_K):
         self.store = store
+        self.first_reader, self.cascade_cut = None, None
+        if reader == "cascade":
+            spec = cascade_spec()
+            self.first_reader, self.cascade_cut = shared_reader(spec["first"]), float(spec["cut"])
+            reader = spec["then"]
         self.reader = reader if isinstance(reader, ExtractiveReader) else shared_reader(reader)
         self.retriever = Retriever(store, top_k=check_count(passages, "passages", MAX_PASSAGES))
 
@@ -154,10 +181,15 @@ class DocumentQA:
         """Load the embedder and the reader now rather than on the first question."""
         self.store.embedder.warm_up()
         self.reader.warm_up()
+        if self.first_reader is not None:
+            self.first_reader.warm_up()
 
     def to_dict(self) -> dict:
-        return {"type": "DocumentQA", "retriever": self.retriever.to_dict(),
-                "reader": self.reader.to_dict()}
+        d = {"type": "DocumentQA", "retriever": self.retriever.to_dict(),
+             "reader": self.reader.to_dict()}
+        if self.first_reader is not None:
+            d["cascade"] = {"first": self.first_reader.to_dict(), "cut": self.cascade_cut}
+        return d
 
     # ---- asking ---------------------------------------------------------------------------
     def ask(self, question: str, top_k: int = 3, passages: int | None = None,
@@ -190,15 +222,33 @@ class DocumentQA:
         """The reader's answers to (already checked) questions over the given passages: the
         step after retrieval, for callers that choose passages themselves (a conversation
         adds the passage of the previous answer)."""
-        raw = self.reader.read_spans(questions, [[p.chunk.text for p in ps] for ps in passages])
-        cal = self.reader.config.calibration
-        # the scoring step: the retriever's similarities count only on the scale the
-        # calibration was fitted for (the same embedder); otherwise its default stands in
+        results = self._score(self.reader if self.first_reader is None else self.first_reader,
+                              questions, passages, top_k, threshold)
+        by = [(self.first_reader or self.reader).model_name] * len(questions)
+        if self.first_reader is not None:  # the cascade: unsure questions go to the big reader
+            unsure = [i for i, r in enumerate(results)
+                      if (r.spans[0].score if r.spans else 0.0) < self.cascade_cut]
+            if unsure:
+                again = self._score(self.reader, [questions[i] for i in unsure],
+                                    [passages[i] for i in unsure], top_k, threshold)
+                for i, r in zip(unsure, again):
+                    results[i], by[i] = r, self.reader.model_name
+        answers = [self._answer(q, ps, r) for q, ps, r in zip(questions, passages, results)]
+        for a, name in zip(answers, by):
+            a.reader = name
+        return answers
+
+    def _score(self, reader: ExtractiveReader, questions: list[str], passages: list[list[Passage]],
+               top_k: int, threshold: float | None):
+        """One reader's spans through the scoring step, with its own calibration."""
+        raw = reader.read_spans(questions, [[p.chunk.text for p in ps] for ps in passages])
+        cal = reader.config.calibration
+        # the retriever's similarities count only on the scale the calibration was fitted
+        # for (the same embedder); otherwise its default stands in
         relevance = ([[p.score for p in ps] for ps in passages]
                      if cal.accepts_relevance_from(self.store.embedder.name) else None)
-        results = score_spans(raw, cal, cal.threshold if threshold is None else threshold,
-                              max(top_k, 1), relevance)
-        return [self._answer(q, ps, r) for q, ps, r in zip(questions, passages, results)]
+        return score_spans(raw, cal, cal.threshold if threshold is None else threshold,
+                           max(top_k, 1), relevance)
 
     def chat(self) -> "Conversation":
         """A conversation over these documents: follow-up questions are read in the light of

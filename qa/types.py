@@ -50,6 +50,7 @@ class Answer:
     passages: list[Passage] = field(default_factory=list)  # what the retriever handed the reader
     latency_ms: float | None = None
     read_as: str | None = None  # in a conversation: the self-contained question answered
+    reader: str | None = None  # the reader that answered (with --reader cascade, either one)
 
     def to_dict(self) -> dict:
         d = asdict(self)
