@@ -1,13 +1,8 @@
-"""Aggregate metrics of an evaluation run, from its per-question records.
-
-Per question (see :func:`eval.runner.evaluate`): ``golds`` (empty = unanswerable),
-``prediction`` (empty = abstained), ``best_text``/``best_score`` (the top span whatever the
-threshold), ``em``/``f1``, ``gold_rank`` (rank of the first retrieved passage holding a gold
-answer, None if none did or retrieval was skipped), ``retrieval_rank`` (the same among the
-top ``RANK_DEPTH`` passages the retriever ranks for the question, whatever the reader read),
-``latency_ms``.
-"""
+"""Aggregate metrics of an evaluation run, from its per-question records (:class:`EvalRow`,
+one line each of ``per_question.jsonl``)."""
 from __future__ import annotations
+
+from typing import TypedDict
 
 import numpy as np
 
@@ -17,12 +12,34 @@ from qa.metrics import score
 RECALL_KS = (1, 3, 5, 10)
 
 
+class EvalRow(TypedDict, total=False):
+    """One question of an evaluation run, as :func:`eval.runner.evaluate` records it and
+    ``per_question.jsonl`` stores it."""
+
+    id: str
+    title: str
+    question: str
+    golds: list[str]  # empty: the question has no answer in the document
+    prediction: str  # empty: spanqa abstained
+    score: float  # confidence of the prediction (0 when abstaining)
+    abstained: bool
+    best_text: str  # the top span whatever the threshold
+    best_score: float
+    em: float
+    f1: float
+    latency_ms: float
+    reader: str  # the reader that answered (end to end)
+    retrieved: list[str]  # ids of the passages the reader read (end to end)
+    gold_rank: int | None  # rank among them of the first holding a gold answer
+    retrieval_rank: int | None  # the same among the top RANK_DEPTH the retriever ranks
+
+
 def _mean(xs) -> float | None:
     xs = list(xs)
     return float(np.mean(xs)) if xs else None
 
 
-def summarize(rows: list[dict], seconds: float | None = None) -> dict:
+def summarize(rows: list[EvalRow], seconds: float | None = None) -> dict:
     has = [r for r in rows if r["golds"]]
     no = [r for r in rows if not r["golds"]]
     abstained = [r for r in rows if r["prediction"] == ""]
@@ -61,7 +78,7 @@ def summarize(rows: list[dict], seconds: float | None = None) -> dict:
     return m
 
 
-def at_threshold(rows: list[dict], t: float) -> dict:
+def at_threshold(rows: list[EvalRow], t: float) -> dict:
     """EM/F1 and abstention had the threshold been ``t`` (re-scored from each question's best
     span), for the threshold plot."""
     conf = [r["best_score"] if r["best_text"] else -1.0 for r in rows]
@@ -76,19 +93,19 @@ def at_threshold(rows: list[dict], t: float) -> dict:
             "has_ans_f1": 100 * has_f1 if has else None, "abstain_rate": 100 * abstain}
 
 
-def _best_spans(rows: list[dict]) -> tuple[list[float], list[bool]]:
+def _best_spans(rows: list[EvalRow]) -> tuple[list[float], list[bool]]:
     """Confidence and exact match of each answerable question's best span."""
     has = [r for r in rows if r["golds"] and r["best_text"]]
     return ([r["best_score"] for r in has],
             [score(r["best_text"], r["golds"])[0] == 1.0 for r in has])
 
 
-def reliability(rows: list[dict], bins: int = 10) -> list[dict]:
+def reliability(rows: list[EvalRow], bins: int = 10) -> list[dict]:
     """Accuracy (exact match of the best span) by confidence bucket, answerable questions."""
     return reliability_bins(*_best_spans(rows), bins)
 
 
-def ece(rows: list[dict], bins: int = 10) -> float | None:
+def ece(rows: list[EvalRow], bins: int = 10) -> float | None:
     """Expected calibration error of the best span's confidence, answerable questions."""
     conf, correct = _best_spans(rows)
     return expected_calibration_error(conf, correct, bins) if conf else None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from eval.metrics import EvalRow
 from qa.errors import OptionError
 from qa.metrics import score
 from qa.pipeline import DocumentQA, cascade_spec, shared_reader
@@ -61,14 +62,14 @@ def gold_rank(passages, golds_in_doc) -> int | None:
 
 
 def _record(q: SquadQuestion, answer, latency_ms: float, golds_in_doc=None,
-            ranking=None) -> dict:
+            ranking=None) -> EvalRow:
     best = answer.candidates[0] if answer.abstained and answer.candidates else answer
     pred = "" if answer.abstained else answer.text
     em, f1 = score(pred, q.gold_texts)
-    row = {"id": q.id, "title": q.title, "question": q.question, "golds": q.gold_texts,
-           "prediction": pred, "score": answer.score, "abstained": answer.abstained,
-           "best_text": best.text, "best_score": best.score,
-           "em": em, "f1": f1, "latency_ms": latency_ms}
+    row: EvalRow = {"id": q.id, "title": q.title, "question": q.question, "golds": q.gold_texts,
+                    "prediction": pred, "score": answer.score, "abstained": answer.abstained,
+                    "best_text": best.text, "best_score": best.score,
+                    "em": em, "f1": f1, "latency_ms": latency_ms}
     if answer.reader:
         row["reader"] = answer.reader
     if golds_in_doc is not None:
@@ -79,7 +80,7 @@ def _record(q: SquadQuestion, answer, latency_ms: float, golds_in_doc=None,
     return row
 
 
-def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
+def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[EvalRow], dict]:
     """Per-question records and run facts (timings, peak memory)."""
     articles = load_squad(cfg.data)
     questions = [(ai, q) for ai, a in enumerate(articles) for q in a.questions]
@@ -91,7 +92,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[dict], dict]:
     reader = shared_reader(cascade_spec()["then"] if cascade else cfg.reader)
     reader.warm_up()
     use = "cascade" if cascade else reader  # what each DocumentQA reads with
-    rows: list[dict] = []
+    rows: list[EvalRow] = []
     bar = tqdm(total=len(questions), desc="questions", file=sys.stderr, disable=not progress,
                mininterval=2)
     t0 = time.perf_counter()
