@@ -1,10 +1,19 @@
-"""Latency of ``DocumentQA.ask()`` over the bundled article, and cold start.
+"""Latency of ``DocumentQA.ask()`` over the bundled article, cold start, and how close the
+reader runs to the machine's arithmetic limit.
 
-    python -m eval.bench_ask [--reader PATH] [--n 200] [--passages 3]
+    python -m eval.bench_ask [--reader default|fast|cascade|PATH] [--n 200] [--passages 5]
 
 Cold start is measured from a fresh Python process: import spanqa, load both models, index
 the article, answer one question. Warm latency is one question at a time (what a chat user
 waits), questions from eval/questions/us_weapons_in_russia.json in turn.
+
+Work per question: the tokens the reader reads (its windows, and as computed: padded to the
+longest window of each forward pass), the GFLOP that costs (2 per weight of the encoder's
+matrices per token, plus attention's 4·layers·hidden per token per token of its window), and
+the GFLOP/s achieved: that GFLOP over the median latency. The fp32 peak it is set against is
+cores × clock (``/proc/cpuinfo``) × 32 FLOP per cycle (two 256-bit FMA pipes: 2 × 8 lanes ×
+2 FLOP, what AVX2 and, on AMD Zen 4, double-pumped AVX-512 reach); the clock is the nominal
+one the VM reports, so boost can put the real peak higher.
 """
 from __future__ import annotations
 
@@ -59,6 +68,63 @@ def warm(reader: str | None, n: int, passages: int) -> list[float]:
     return times
 
 
+def fp32_peak_gflops() -> tuple[float, str]:
+    """The CPU's nominal fp32 peak and how it was computed."""
+    import os
+
+    mhz = None
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("cpu MHz"):
+                mhz = float(line.split(":")[1])
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0))
+    if mhz is None:
+        return float("nan"), "clock unknown"
+    return cores * mhz / 1000 * 32, f"{cores} cores x {mhz / 1000:.2f} GHz x 32 FLOP/cycle"
+
+
+def reader_work(reader, question: str, passages: list[str]) -> dict:
+    """Tokens read (real and as computed with padding) and GFLOP for one question."""
+    from qa.features import build_windows
+
+    cfg, model = reader.config, reader.model
+    w = build_windows(reader.tokenizer, [question] * len(passages), passages, cfg.max_seq_len,
+                      cfg.doc_stride)
+    lengths = [int(x) for x in w.attention_mask.sum(1)]
+    mc = model.config
+    layers, hidden = int(mc.num_hidden_layers), int(mc.hidden_size)
+    weights = sum(m.weight.numel() for name, m in model.named_modules()
+                  if type(m).__name__ == "Linear" and "embeddings" not in name)
+    computed = []
+    for i in range(0, len(lengths), cfg.batch_size):
+        batch = lengths[i:i + cfg.batch_size]
+        computed += [max(batch)] * len(batch)
+
+    def gflop(ts):
+        return sum(2 * weights * t + 4 * layers * hidden * t * t for t in ts) / 1e9
+
+    return {"windows": len(lengths), "tokens": sum(lengths), "tokens_computed": sum(computed),
+            "gflop": gflop(computed)}
+
+
+def work_per_question(reader_name: str | None, passages: int, n: int = 40) -> dict:
+    from qa import DocumentQA
+    from qa.squad import load_squad, questions_of
+
+    qa = DocumentQA.default(reader=reader_name, passages=passages)
+    qa.warm_up()
+    readers = [r for r in (qa.first_reader, qa.reader) if r is not None]
+    qs = [q.question for q in questions_of(load_squad(QUESTIONS))][:n]
+    out = {}
+    for r in readers:
+        rows = [reader_work(r, q, [p.chunk.text for p in qa.retriever.retrieve(q)]) for q in qs]
+        out[r.model_name] = {k: float(np.mean([x[k] for x in rows])) for k in rows[0]}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reader", default=None)
@@ -75,9 +141,16 @@ def main() -> None:
           f"first answer {c['first_answer_s']:.2f} s); all runs: "
           + ", ".join(f"{r['total_s']:.2f}" for r in colds))
     t = warm(args.reader, args.n, args.passages)
+    p50 = float(np.percentile(t, 50))
     print(f"warm ask(), {args.n} questions, {args.passages} passages, torch threads "
-          f"{torch.get_num_threads()}: p50 {np.percentile(t, 50):.0f} ms, "
+          f"{torch.get_num_threads()}: p50 {p50:.0f} ms, "
           f"p95 {np.percentile(t, 95):.0f} ms, mean {np.mean(t):.0f} ms")
+    peak, how = fp32_peak_gflops()
+    for name, w in work_per_question(args.reader, args.passages).items():
+        print(f"reader {name}: {w['windows']:.1f} windows, {w['tokens']:.0f} tokens read "
+              f"({w['tokens_computed']:.0f} computed with padding), {w['gflop']:.1f} GFLOP per "
+              f"question; over the p50 latency {w['gflop'] / (p50 / 1000):.0f} GFLOP/s, against "
+              f"an fp32 peak of {peak:.0f} GFLOP/s ({how})")
 
 
 if __name__ == "__main__":
