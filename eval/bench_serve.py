@@ -1,11 +1,12 @@
 """How much the chat server holds: concurrent gradio_client users against ``spanqa serve``.
 
-    python -m eval.bench_serve [--users 1 4 16] [--questions 10] [--concurrency 2]
+    python -m eval.bench_serve [--users 1 4 16] [--questions 10] [--concurrency 2] [--no-batch]
 
 Starts the app in-process on a free 127.0.0.1 port over the bundled article, then for each
 user count runs that many clients at once, each asking ``--questions`` questions in turn
 through the named ``/ask`` endpoint. Prints throughput and per-question latency as users
-see it (queueing included). Loopback only; bounded in count.
+see it (queueing included). ``/ask`` goes through the batcher ``spanqa serve`` uses
+(``qa/batcher.py``) unless ``--no-batch``. Loopback only; bounded in count.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--reader", default=None)
+    ap.add_argument("--no-batch", action="store_true", help="answer each /ask on its own")
     args = ap.parse_args()
 
     from gradio_client import Client
@@ -36,7 +38,9 @@ def main() -> None:
     qs = [q.question for q in questions_of(load_squad(QUESTIONS))]
     qa = DocumentQA.default(reader=args.reader)
     qa.warm_up()
-    demo = create_app(qa)
+    from qa.batcher import AskBatcher
+
+    demo = create_app(qa, batcher=None if args.no_batch else AskBatcher())
     demo.queue(default_concurrency_limit=args.concurrency, max_size=256)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
