@@ -220,10 +220,8 @@ class ExtractiveReader:
         """The reader on its own: :meth:`read_spans`, then the scoring step
         (:func:`qa.scoring.score_spans`) with this reader's calibration and no passage
         similarity. ``threshold`` overrides the configured abstention threshold."""
-        self.warm_up()
-        cal = self.config.calibration
-        return score_spans(self.read_spans(questions, passages), cal,
-                           cal.threshold if threshold is None else threshold, top_k)
+        raw = self.read_spans(questions, passages)  # loads the model and its config
+        return score_spans(raw, self.config.calibration, threshold, top_k)
 
     def read_spans(self, questions: list[str], passages: list[list[str]]) -> list[list[RawSpan]]:
         """Every question's candidate spans over its own passages, with raw logits, in as few

@@ -49,13 +49,16 @@ class ReaderResult:
     no_answer_score: float  # 1 - best span's confidence (0 < x < 1); 1.0 with no span at all
 
 
-def score_spans(raw: list[list[RawSpan]], calibration: Calibration, threshold: float,
+def score_spans(raw: list[list[RawSpan]], calibration: Calibration, threshold: float | None,
                 top_k: int, relevance: list[list[float]] | None = None) -> list[ReaderResult]:
     """Each question's spans with calibrated confidences, best first, overlapping spans of a
     passage dropped and spans without a letter or digit left out, at most ``top_k`` kept;
-    abstain when the best confidence is below ``threshold``. ``relevance[q][p]`` is passage
+    abstain when the best confidence is below ``threshold`` (None: the calibration's own).
+    ``relevance[q][p]`` is passage
     ``p``'s similarity to question ``q`` on the scale the calibration was fitted with (None:
     the calibration's default stands in)."""
+    if threshold is None:
+        threshold = calibration.threshold
     results = []
     for qi, spans in enumerate(raw):
         scored = [ReaderSpan(s.passage, s.text, s.char_start, s.char_end,

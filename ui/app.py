@@ -151,9 +151,7 @@ class Handlers:
             log.exception("example questions failed")
             examples = []
         chat.use(qa)
-        status = (f"✅ Loaded **{safe_text(doc.title, False)}** ({len(qa.store)} passages). "
-                  "Questions now go to this document.")
-        return (chat, list(chat.messages), describe(qa), status,
+        return (chat, list(chat.messages), describe(qa), loaded_status(qa),
                 gr.update(samples=[[q] for q in examples], visible=bool(examples)))
 
     def back(self, chat):
@@ -183,9 +181,13 @@ class Handlers:
         except SpanQAError as exc:
             raise gr.Error(f"Not loaded: {exc}") from None
         chat.use(qa)
-        doc = next(iter(qa.store.documents.values()))
-        return chat, (f"✅ Loaded **{safe_text(doc.title, False)}** ({len(qa.store)} passages). "
-                      "Questions now go to this document.")
+        return chat, loaded_status(qa)
+
+
+def loaded_status(qa: DocumentQA) -> str:
+    doc = next(iter(qa.store.documents.values()))
+    return (f"✅ Loaded **{safe_text(doc.title, False)}** ({len(qa.store)} passages). "
+            "Questions now go to this document.")
 
 
 def load_upload(path, base: DocumentQA, progress=None) -> DocumentQA:

@@ -79,6 +79,13 @@ def word_bounds(text: str, lo: int, hi: int) -> tuple[int, int]:
     return lo, hi
 
 
+def around(text: str, start: int, end: int, context: int) -> tuple[int, int]:
+    """Up to ``context`` characters either side of ``[start, end)``, cut at word boundaries
+    and never into the span itself."""
+    lo, hi = word_bounds(text, max(0, start - context), min(len(text), end + context))
+    return min(lo, start), max(hi, end)
+
+
 def trimmed(text: str, limit: int = 700) -> str:
     """``text`` cut to about ``limit`` characters at a word boundary, made inert, line breaks
     kept, with "…" where it was cut."""
@@ -91,8 +98,7 @@ def trimmed(text: str, limit: int = 700) -> str:
 def highlighted_passage(text: str, start: int, end: int, context: int = 600) -> str:
     """The passage (trimmed around the answer at word boundaries if long) with the answer
     in <mark>; line breaks kept."""
-    lo, hi = word_bounds(text, max(0, start - context), min(len(text), end + context))
-    lo, hi = min(lo, start), max(hi, end)
+    lo, hi = around(text, start, end, context)
     before, ans, after = text[lo:start], text[start:end], text[end:hi]
     return ((("…" if lo else "") + safe_text(before)) + f'<mark class="spanqa-answer">{safe_text(ans)}</mark>'
             + safe_text(after) + ("…" if hi < len(text) else ""))
@@ -157,8 +163,7 @@ def plain_answer(a: Answer) -> str:
 def document_view(text: str, title: str, start: int, end: int, window: int = 20_000) -> str:
     """The document (or ``window`` characters either side of the answer, for a long one) as
     inert HTML with the answer in ``<mark id="doc-answer">``, for the whole-document view."""
-    lo, hi = word_bounds(text, max(0, start - window), min(len(text), end + window))
-    lo, hi = min(lo, start), max(hi, end)
+    lo, hi = around(text, start, end, window)
     return (f"<h4>{safe_text(title, False)}</h4>" + ("<p>…</p>" if lo else "")
             + "<p>" + safe_text(text[lo:start]) + '<mark id="doc-answer" class="spanqa-answer">'
             + safe_text(text[start:end]) + "</mark>" + safe_text(text[end:hi]) + "</p>"

@@ -10,6 +10,7 @@ Python, no Gradio: the tests drive it directly.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from qa.errors import SpanQAError
 from qa.pipeline import DocumentQA
 from qa.types import Answer
 from ui.render import THINKING, answer_messages, divider, document_view, plain_answer, safe_text
+
+log = logging.getLogger("spanqa.ui")
 
 
 @dataclass
@@ -86,9 +89,7 @@ class ChatSession:
         except SpanQAError as exc:
             msgs = [{"role": "assistant", "content": f"⚠️ {safe_text(str(exc), False)}"}]
         except Exception:  # noqa: BLE001 - a visitor never sees a traceback
-            import logging
-
-            logging.getLogger("spanqa.ui").exception("chat failed")
+            log.exception("chat failed")
             msgs = [{"role": "assistant", "content": "⚠️ Something went wrong; please try again."}]
         if note:
             msgs[0] = {**msgs[0], "content": note + msgs[0]["content"]}
