@@ -178,15 +178,11 @@ class Conversation:
             answer = self.qa.ask(q, top_k, passages, threshold)
         else:
             prev = self.history[-1]
-            k = passages or self.qa.retriever.top_k
             context = " ".join([read_as, prev.read_as] + ([] if prev.answer.abstained
                                                           else [prev.answer.text]))
-            found = self.qa.retriever.retrieve(context, k)
             keep = next((p for p in prev.answer.passages if p.chunk.id == prev.answer.passage_id),
                         None)
-            if keep is not None and all(p.chunk.id != keep.chunk.id for p in found):
-                found = [keep] + found[:max(k - 1, 0)]
-            answer = self.qa.read([read_as], [found], top_k, threshold)[0]
+            answer = self.qa.ask_follow_up(read_as, context, keep, top_k, passages, threshold)
         answer.question, answer.read_as = q, read_as  # as asked, and as answered
         self.history.append(Turn(q, read_as, answer))
         del self.history[:-self.max_history]

@@ -217,6 +217,18 @@ class DocumentQA:
             out.extend(answers)
         return out
 
+    def ask_follow_up(self, read_as: str, context: str, keep: Passage | None = None,
+                      top_k: int = 3, passages: int | None = None,
+                      threshold: float | None = None) -> Answer:
+        """A conversation's follow-up (see :mod:`qa.conversation`): retrieve with ``context``
+        (the rewritten question with the previous turn), always read ``keep`` (the previous
+        answer's passage) among them, and answer ``read_as``."""
+        k = passages or self.retriever.top_k
+        found = self.retriever.retrieve(context, k)
+        if keep is not None and all(p.chunk.id != keep.chunk.id for p in found):
+            found = [keep] + found[:max(k - 1, 0)]
+        return self.read([read_as], [found], top_k, threshold)[0]
+
     def read(self, questions: list[str], passages: list[list[Passage]], top_k: int = 3,
              threshold: float | None = None) -> list[Answer]:
         """The reader's answers to (already checked) questions over the given passages: the
