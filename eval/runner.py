@@ -80,67 +80,99 @@ def _record(q: SquadQuestion, answer, latency_ms: float, golds_in_doc=None,
     return row
 
 
-def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[EvalRow], dict]:
-    """Per-question records and run facts (timings, peak memory)."""
-    articles = load_squad(cfg.data)
-    questions = [(ai, q) for ai, a in enumerate(articles) for q in a.questions]
-    if cfg.limit:
-        questions = questions[:cfg.limit]
-    cascade = cfg.reader == "cascade"
-    if cascade and cfg.reader_only:
-        raise OptionError("--reader cascade needs retrieval; drop --reader-only")
-    reader = shared_reader(cascade_spec()["then"] if cascade else cfg.reader)
-    reader.warm_up()
-    use = "cascade" if cascade else reader  # what each DocumentQA reads with
-    rows: list[EvalRow] = []
-    bar = tqdm(total=len(questions), desc="questions", file=sys.stderr, disable=not progress,
-               mininterval=2)
-    t0 = time.perf_counter()
-    index_seconds = 0.0
-    if cfg.reader_only:
-        for chunk, res, ms in read_gold_paragraphs(reader, [q for _, q in questions],
-                                                   cfg.threshold, cfg.batch_size):
-            for q, r in zip(chunk, res):
-                rows.append(_record(q, _reader_answer(q.question, r), ms))
-            bar.update(len(chunk))
-    else:
-        groups: list[tuple[DocumentQA, list[tuple[int, SquadQuestion]], dict]] = []
-        ti = time.perf_counter()
-        docs, starts = [], {}
-        for ai, art in enumerate(articles):
-            doc, st = article_document(art, f"a{ai}:{art.title}")
-            docs.append(doc)
-            starts[ai] = (doc.id, st)
-        if cfg.scope == "corpus":
-            qa = DocumentQA.from_documents(docs, reader=use, passages=cfg.passages, progress=progress)
-            groups.append((qa, questions))
-        else:
-            by_article: dict[int, list] = {}
-            for ai, q in questions:
-                by_article.setdefault(ai, []).append((ai, q))
-            for ai, qs in by_article.items():
-                groups.append((DocumentQA.from_documents([docs[ai]], reader=use,
-                                                         passages=cfg.passages, progress=False), qs))
-        index_seconds = time.perf_counter() - ti
-        for qa, qs in groups:
-            for i in range(0, len(qs), cfg.batch_size):
-                chunk = qs[i:i + cfg.batch_size]
+class Evaluation:
+    """One run's questions cut into units of work: a batch of questions for ``reader_only``
+    and scope ``corpus``, one article's questions for scope ``article``. Each unit is answered
+    the same way (the same batches) wherever it runs, here or on a Ray actor
+    (:mod:`eval.distributed`), so the predictions are the same."""
+
+    def __init__(self, cfg: EvalConfig):
+        self.cfg = cfg
+        self.articles = load_squad(cfg.data)
+        qs = [(ai, q) for ai, a in enumerate(self.articles) for q in a.questions]
+        self.questions = qs[:cfg.limit] if cfg.limit else qs
+        if cfg.reader == "cascade" and cfg.reader_only:
+            raise OptionError("--reader cascade needs retrieval; drop --reader-only")
+        self.reader = None
+        self.corpus: DocumentQA | None = None
+        self.index_seconds = 0.0
+
+    def units(self) -> list[list[int]]:
+        """Question indices, unit by unit, in the order the rows are written."""
+        n, bs = len(self.questions), self.cfg.batch_size
+        if self.cfg.reader_only or self.cfg.scope == "corpus":
+            return [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]
+        by_article: dict[int, list[int]] = {}
+        for i, (ai, _) in enumerate(self.questions):
+            by_article.setdefault(ai, []).append(i)
+        return list(by_article.values())
+
+    def warm_up(self, progress: bool = False) -> None:
+        """Load the reader (and build the corpus index for scope ``corpus``)."""
+        cascade = self.cfg.reader == "cascade"
+        self.reader = shared_reader(cascade_spec()["then"] if cascade else self.cfg.reader)
+        self.reader.warm_up()
+        if not self.cfg.reader_only:
+            self.docs, self.starts = [], {}
+            for ai, art in enumerate(self.articles):
+                doc, st = article_document(art, f"a{ai}:{art.title}")
+                self.docs.append(doc)
+                self.starts[ai] = (doc.id, st)
+            if self.cfg.scope == "corpus":
                 t = time.perf_counter()
-                answers = qa.ask_many([q.question for _, q in chunk], top_k=3,
-                                      threshold=cfg.threshold, batch_size=cfg.batch_size)
-                ms = (time.perf_counter() - t) * 1000 / len(chunk)
-                rankings = qa.retriever.retrieve_many([q.question for _, q in chunk], RANK_DEPTH)
-                for (ai, q), a, ranking in zip(chunk, answers, rankings):
-                    doc_id, st = starts[ai]
-                    golds = [(doc_id, s, e) for s, e in gold_spans(q, st[q.paragraph])]
-                    rows.append(_record(q, a, ms, golds, ranking))
-                bar.update(len(chunk))
-    bar.close()
-    seconds = time.perf_counter() - t0
-    facts = {"seconds": seconds, "index_seconds": index_seconds,
-             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             "reader": reader.model_name, "reader_config": reader.config.to_dict()}
-    return rows, facts
+                self.corpus = DocumentQA.from_documents(self.docs, reader=self._use(),
+                                                        passages=self.cfg.passages,
+                                                        progress=progress)
+                self.index_seconds += time.perf_counter() - t
+
+    def _use(self):
+        return "cascade" if self.cfg.reader == "cascade" else self.reader
+
+    def run_unit(self, unit: list[int]) -> list[EvalRow]:
+        cfg, rows = self.cfg, []
+        if cfg.reader_only:
+            qs = [self.questions[i][1] for i in unit]
+            for chunk, res, ms in read_gold_paragraphs(self.reader, qs, cfg.threshold, len(qs)):
+                rows.extend(_record(q, _reader_answer(q.question, r), ms) for q, r in zip(chunk, res))
+            return rows
+        qa = self.corpus
+        if qa is None:  # scope article: this unit is one article's questions
+            t = time.perf_counter()
+            qa = DocumentQA.from_documents([self.docs[self.questions[unit[0]][0]]],
+                                           reader=self._use(), passages=cfg.passages,
+                                           progress=False)
+            self.index_seconds += time.perf_counter() - t
+        for i in range(0, len(unit), cfg.batch_size):
+            chunk = [self.questions[j] for j in unit[i:i + cfg.batch_size]]
+            t = time.perf_counter()
+            answers = qa.ask_many([q.question for _, q in chunk], top_k=3,
+                                  threshold=cfg.threshold, batch_size=cfg.batch_size)
+            ms = (time.perf_counter() - t) * 1000 / len(chunk)
+            rankings = qa.retriever.retrieve_many([q.question for _, q in chunk], RANK_DEPTH)
+            for (ai, q), a, ranking in zip(chunk, answers, rankings):
+                doc_id, st = self.starts[ai]
+                golds = [(doc_id, s, e) for s, e in gold_spans(q, st[q.paragraph])]
+                rows.append(_record(q, a, ms, golds, ranking))
+        return rows
+
+    def facts(self, seconds: float) -> dict:
+        return {"seconds": seconds, "index_seconds": self.index_seconds,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "reader": self.reader.model_name, "reader_config": self.reader.config.to_dict()}
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[EvalRow], dict]:
+    """Per-question records and run facts (timings, peak memory), in this process."""
+    ev = Evaluation(cfg)
+    ev.warm_up(progress)
+    rows: list[EvalRow] = []
+    t0 = time.perf_counter()
+    with tqdm(total=len(ev.questions), desc="questions", file=sys.stderr, disable=not progress,
+              mininterval=2) as bar:
+        for unit in ev.units():
+            rows.extend(ev.run_unit(unit))
+            bar.update(len(unit))
+    return rows, ev.facts(time.perf_counter() - t0)
 
 
 def single_question_latency(cfg: EvalConfig, n: int = 50) -> list[float]:
