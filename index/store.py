@@ -150,8 +150,10 @@ class DocumentStore:
                 "chunk_size": self.chunk_size, "overlap": self.overlap, "factory": self.factory}
 
     def add(self, docs: list[Document], progress: bool | None = None,
-            on_batch=None) -> list[str]:
-        """Add documents; returns the ids that changed. A document already present (same id,
+            on_batch=None, embed=None) -> list[str]:
+        """Add documents; returns the ids that changed. ``embed``: a function ``(texts,
+        progress) -> vectors`` that stands in for ``self.embedder.embed`` and must give what it
+        would (``index --ray`` spreads the embedding over a cluster). A document already present (same id,
         same source) with the same text is skipped; with other text it is replaced. A document
         whose id is taken by one from another source (``a/notes.txt`` and ``b/notes.txt``)
         gets a unique id: its name and a short hash of its source."""
@@ -174,8 +176,9 @@ class DocumentStore:
             changed.append(doc.id)
         if new_chunks:
             check_factory(self.factory, self.embedder.dimension)  # fail before embedding
-            vecs = self.embedder.embed([c.text for c in new_chunks], progress=progress,
-                                       on_batch=on_batch)
+            texts = [c.text for c in new_chunks]
+            vecs = (embed(texts, progress) if embed is not None else
+                    self.embedder.embed(texts, progress=progress, on_batch=on_batch))
             self.vectors = vecs if len(self.chunks) == 0 else np.vstack([self.vectors, vecs])
             self.chunks.extend(new_chunks)
         if changed:
