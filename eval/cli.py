@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--reader", default=None,
                    help="bundled reader name (default, fast), QA model folder or hub id")
     p.add_argument("--scope", choices=["article", "corpus"], default="article")
-    from qa.cli import DeprecatedAlias, count_option, threshold_option
+    from qa.cli import DeprecatedAlias, add_ray_option, count_option, threshold_option
     from qa.retriever import DEFAULT_TOP_K
 
     p.add_argument("--passages", type=count_option("passages", 20), default=DEFAULT_TOP_K,
@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
     p.add_argument("--latency-sample", type=int, default=50,
                    help="also time N single warm ask() calls (0: skip)")
+    add_ray_option(p, "spread the questions over Ray actors that each hold the models")
+    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="with --ray: actors (default: one per CPU of the cluster)")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                    help="print metric deltas and flipped questions of two runs")
     p.set_defaults(func=run)
@@ -59,7 +62,12 @@ def run(args) -> int:
 
     cfg = EvalConfig(data=args.data, reader=args.reader, scope=args.scope, passages=args.passages,
                      reader_only=args.reader_only, threshold=args.threshold, limit=args.limit)
-    rows, facts = evaluate(cfg)
+    if args.ray:
+        from eval.distributed import evaluate_ray
+
+        rows, facts = evaluate_ray(cfg, args.ray, args.ray_workers)
+    else:
+        rows, facts = evaluate(cfg)
     metrics = summarize(rows, facts["seconds"])
     metrics["ece"] = ece(rows)
     metrics["threshold"] = (cfg.threshold if cfg.threshold is not None

@@ -143,7 +143,14 @@ def cmd_index(args) -> int:
         raise SpanQAError(f"--overlap ({overlap}) must be smaller than --chunk-size ({chunk_size}).")
     given = {k: v for k, v in (("--embedder", args.embedder), ("--chunk-size", chunk_size),
                                ("--overlap", overlap), ("--factory", args.factory)) if v is not None}
-    docs = [load_file(p, max_chars=args.max_chars) for p in args.paths]  # before the lock: slow
+    embed = None
+    if args.ray:
+        from qa.cluster import connect, embed_on_ray, load_files_on_ray
+
+        connect(args.ray)
+        docs = load_files_on_ray(args.paths, args.max_chars)
+    else:
+        docs = [load_file(p, max_chars=args.max_chars) for p in args.paths]  # before the lock: slow
     with store_lock(out):
         old = None
         if (out / MANIFEST).exists():
@@ -174,7 +181,9 @@ def cmd_index(args) -> int:
                                   overlap, args.factory or (old.factory if old is not None else "auto"))
             if old is not None:
                 docs = list(old.documents.values()) + docs
-        changed = store.add(docs, progress=True) if docs else []
+        if args.ray:
+            embed = embed_on_ray(store.embedder.name)
+        changed = store.add(docs, progress=True, embed=embed) if docs else []
         store.save(out)
     print(f"{out}: {len(store.documents)} documents, {len(store)} chunks "
           f"({len(changed)} added or updated, {len(args.remove or [])} removed"
@@ -263,7 +272,15 @@ def register_index(sub) -> None:
     p.add_argument("--max-chars", type=int_option("--max-chars", 1, 10**9),
                    default=MAX_DOCUMENT_CHARS,
                    help=f"refuse a file with more text than this (default {MAX_DOCUMENT_CHARS:,})")
+    add_ray_option(p, "read the files and embed the chunks on Ray workers (the files at paths "
+                      "every node can read); the index is written here as usual")
     p.set_defaults(func=cmd_index)
+
+
+def add_ray_option(p, what: str) -> None:
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help=f"{what}; ADDRESS: auto (default: the running cluster, else a local "
+                        "one), local, or HOST:PORT. Needs pip install -e '.[ray]'")
 
 
 def add_answers_option(p: argparse.ArgumentParser, verb: str) -> None:

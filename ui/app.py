@@ -192,8 +192,14 @@ def loaded_status(qa: DocumentQA) -> str:
 
 def load_upload(path, base: DocumentQA, progress=None) -> DocumentQA:
     """The visitor's new DocumentQA; SpanQAError when refused (and the refused file is
-    deleted from the upload folder at once)."""
+    deleted from the upload folder at once). Behind ``serve --ray`` (``base`` a
+    ``qa.cluster.RemoteQA``) a replica indexes the file."""
     try:
+        if not isinstance(base, DocumentQA):
+            if not path:
+                raise SpanQAError("No file was received.")
+            return base.upload(path, MAX_UPLOAD_MB * 1024 * 1024, MAX_TEXT_CHARS,
+                               UPLOAD_PDF_SECONDS, progress)
         return build_upload(path, base, progress)
     except Exception as exc:
         if path:
@@ -330,8 +336,49 @@ def serve(index=None, docs=None, reader=None, host="127.0.0.1", port=7860, concu
         base = DocumentQA.default(reader=reader)
     base.warm_up()
     base.ask(DEFAULT_EXAMPLES[0])  # the first visitor should not pay for the first forward pass
-    demo = create_app(base, feedback_log=feedback_log, batcher=AskBatcher())
+    return launch(create_app(base, feedback_log=feedback_log, batcher=AskBatcher()), host, port,
+                  concurrency, block)
+
+
+def launch(demo: gr.Blocks, host: str, port: int, concurrency: int, block: bool) -> gr.Blocks:
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     demo.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb",
                 prevent_thread_lock=not block, show_error=True, footer_links=["api"])
     return demo
+
+
+def serve_ray(index=None, docs=None, reader=None, address="auto", replicas=2, shared_dir=None,
+              cpus_per_replica=1.0, host="127.0.0.1", port=7860, concurrency=16, block=True,
+              feedback_log=None):
+    """The same page with the answering pipeline on a Ray cluster (:mod:`qa.cluster`):
+    ``replicas`` copies of the models, Serve batching the questions. ``index`` is a store's
+    folder that every node can read; without one, the start-up documents are indexed here and
+    saved under ``shared_dir``, where visitors' uploads are written too (on a cluster: a
+    folder every node mounts)."""
+    from qa.cluster import RemoteQA, call, connect, deploy
+
+    shared = Path(shared_dir) if shared_dir else Path.home() / ".cache" / "spanqa" / "ray"
+    (shared / "uploads").mkdir(parents=True, exist_ok=True)
+    if isinstance(index, DocumentStore):
+        store = index
+        index = None
+    elif index:
+        store = DocumentStore.load(index)
+    else:
+        store = DocumentStore()
+        store.add([load_file(p) for p in (docs or [DEFAULT_DOCUMENT])])
+    if index is None:  # where the replicas can read it: named by what it holds
+        import hashlib
+
+        key = hashlib.sha256("".join(sorted(d.sha256 for d in store.documents.values()))
+                             .encode()).hexdigest()[:16]
+        index = shared / f"index-{key}"
+        store.save(index)
+    connect(address)
+    handle = deploy(str(index), reader, replicas, str(shared / "uploads"),
+                    cpus_per_replica=cpus_per_replica)
+    info = call(handle.describe)
+    base = RemoteQA(handle, store, None, info["reader_config"], info["passages"], info["reader"],
+                    shared / "uploads")
+    base.ask(DEFAULT_EXAMPLES[0])
+    return launch(create_app(base, feedback_log=feedback_log), host, port, concurrency, block)

@@ -1,7 +1,7 @@
 """``spanqa serve``: registered through the ``spanqa.commands`` entry point."""
 from __future__ import annotations
 
-from qa.cli import int_option
+from qa.cli import add_ray_option, int_option
 
 
 def register(sub) -> None:
@@ -18,6 +18,15 @@ def register(sub) -> None:
     p.add_argument("--feedback-log", metavar="FILE", default=None,
                    help="show like/dislike on answers and append each to this JSONL file "
                         "(question, answer, confidence, document, position)")
+    add_ray_option(p, "answer on a Ray cluster: Ray Serve replicas hold the models")
+    p.add_argument("--replicas", type=int_option("--replicas", 1, 256), default=2,
+                   help="with --ray: copies of the answering pipeline (default 2)")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0,
+                   help="with --ray: CPUs each replica reserves (and torch threads; default 1)")
+    p.add_argument("--shared-dir", metavar="DIR", default=None,
+                   help="with --ray: a folder every node reads and writes, for the start-up "
+                        "index and visitors' uploads (default ~/.cache/spanqa/ray; on a "
+                        "cluster, a shared mount)")
     p.set_defaults(func=run)
 
 
@@ -61,6 +70,16 @@ def run(args) -> int:
         from index.store import DocumentStore
 
         index = DocumentStore.load(index)
+    if args.ray:
+        from qa.cluster import require_ray
+        from ui.app import serve_ray
+
+        require_ray()  # before anything loads
+        serve_ray(index=index, docs=args.doc, reader=args.reader, address=args.ray,
+                  replicas=args.replicas, shared_dir=args.shared_dir,
+                  cpus_per_replica=args.cpus_per_replica, host=args.host, port=args.port,
+                  concurrency=max(args.concurrency, 16), feedback_log=args.feedback_log)
+        return 0
     serve(index=index, docs=args.doc, reader=args.reader, host=args.host, port=args.port,
           concurrency=args.concurrency, feedback_log=args.feedback_log)
     return 0
