@@ -52,10 +52,12 @@ def connect(address: str | None = "auto", num_cpus: int | None = None):
     RAY_ADDRESS names; ``HOST:PORT`` or ``ray://HOST:PORT``: that one), or start a local
     instance (``local``, or ``auto`` when no cluster is running). Returns the ``ray`` module."""
     ray = require_ray()
+    address = address or "auto"
+    if address not in ("auto", "local"):
+        _reachable(address)
     if ray.is_initialized():
         return ray
     opts = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    address = address or "auto"
     if address != "local":
         try:
             ray.init(address=address, **opts)
@@ -67,6 +69,22 @@ def connect(address: str | None = "auto", num_cpus: int | None = None):
             log.warning("no running Ray cluster found; starting a local one")
     ray.init(num_cpus=num_cpus, **opts)
     return ray
+
+
+def _reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at ``HOST:PORT`` (Ray itself waits
+    for a cluster's control store for a long time)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SpanQAError(f"--ray {address}: give auto, local or HOST:PORT of a Ray head node.")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SpanQAError(f"Cannot reach the Ray cluster at {address} ({exc.strerror or exc}). "
+                          "Start one with `ray start --head` or give its address.") from None
 
 
 # ---- what one replica holds -------------------------------------------------------------

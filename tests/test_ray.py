@@ -201,3 +201,15 @@ def test_index_on_ray_writes_the_store_the_plain_command_writes(cluster, tmp_pat
     assert np.allclose(a.vectors, b.vectors, atol=1e-5)
     missing = str(tmp_path / "nope.txt")
     assert main(["index", missing, "--out", str(tmp_path / "bad"), "--ray", "local"]) != 0
+
+
+@ray_only
+@pytest.mark.parametrize("address, why", [("127.0.0.1:1", "Cannot reach"), ("nonsense", "HOST:PORT")])
+def test_a_bad_cluster_address_is_a_one_line_error_in_seconds(tmp_path, capsys, address, why):
+    from qa.cli import main
+
+    data = tmp_path / "tiny.json"
+    data.write_text(json.dumps(DATA))
+    t = time.time()
+    assert main(["eval", str(data), "--out", str(tmp_path / "o"), "--ray", address]) == 2
+    assert why in capsys.readouterr().err and time.time() - t < 10
