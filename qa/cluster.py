@@ -36,6 +36,7 @@ from qa.types import Answer, Passage
 log = logging.getLogger("spanqa.cluster")
 
 APP_NAME = "spanqa"
+UPLOAD_TTL_S = 24 * 3600  # an upload's store is deleted a day after it was made
 RETRIES = 4  # sends of one request when replicas die under it
 
 
@@ -204,9 +205,25 @@ class QAService:
             store.add([doc])
             store_id = uuid.uuid4().hex
             store.save(self.uploads / store_id)
+            self.prune_uploads()
             return store_id
         except Exception as exc:  # noqa: BLE001
             return _as_error(exc)
+
+
+    def prune_uploads(self, ttl_s: float = UPLOAD_TTL_S) -> int:
+        """Delete upload stores older than ``ttl_s`` (the shared folder would otherwise grow
+        with every visitor's file); returns how many went."""
+        import shutil
+
+        gone, now = 0, time.time()
+        for d in self.uploads.iterdir() if self.uploads and self.uploads.is_dir() else []:
+            if d.is_dir() and d.name.isalnum() and now - d.stat().st_mtime > ttl_s:
+                shutil.rmtree(d, ignore_errors=True)
+                with self._lock:
+                    self._qas.pop(d.name, None)
+                gone += 1
+        return gone
 
 
 def _as_error(exc: Exception) -> SpanQAError:

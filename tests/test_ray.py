@@ -213,3 +213,32 @@ def test_a_bad_cluster_address_is_a_one_line_error_in_seconds(tmp_path, capsys, 
     t = time.time()
     assert main(["eval", str(data), "--out", str(tmp_path / "o"), "--ray", address]) == 2
     assert why in capsys.readouterr().err and time.time() - t < 10
+
+
+def test_a_replica_deletes_day_old_uploads_and_refuses_foreign_store_ids(tmp_path, tiny_reader_dir, embedder):
+    """QAService is plain Python: tested here without Ray."""
+    import os
+
+    from index.documents import document_from_text
+    from index.store import DocumentStore
+    from qa.cluster import AskRequest, QAService
+    from qa.errors import SpanQAError
+
+    store = DocumentStore(embedder)
+    store.add([document_from_text(TEXT, id="fox")])
+    store.save(tmp_path / "index")
+    (tmp_path / "uploads").mkdir()
+    svc = QAService(str(tmp_path / "index"), str(tiny_reader_dir), str(tmp_path / "uploads"))
+    f = tmp_path / "a.txt"
+    f.write_text("Ships sail on the sea.")
+    new = svc.index_file("a.txt", f.read_bytes(), 2**20, 10**5, 5.0)
+    old = svc.index_file("a.txt", f.read_bytes(), 2**20, 10**5, 5.0)
+    day_ago = time.time() - 25 * 3600
+    os.utime(tmp_path / "uploads" / old, (day_ago, day_ago))
+    assert svc.prune_uploads() == 1
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == [new]
+    answers = svc.ask_batch([AskRequest("Where do ships sail?", store=new),
+                             AskRequest("Where?", store="../index"), AskRequest("  ")])
+    assert answers[0].doc_id == "a.txt"
+    assert all(isinstance(a, SpanQAError) for a in answers[1:])
+    assert isinstance(svc.index_file("x.exe", b"MZ", 2**20, 10**5, 5.0), SpanQAError)
