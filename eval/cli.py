@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--reader", default=None,
                    help="bundled reader name (default, fast), QA model folder or hub id")
     p.add_argument("--scope", choices=["article", "corpus"], default="article")
-    from qa.cli import DeprecatedAlias, add_ray_option, count_option, threshold_option
+    from qa.cli import DeprecatedAlias, add_ray_option, count_option, int_option, threshold_option
     from qa.retriever import DEFAULT_TOP_K
 
     p.add_argument("--passages", type=count_option("passages", 20), default=DEFAULT_TOP_K,
@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--latency-sample", type=int, default=50,
                    help="also time N single warm ask() calls (0: skip)")
     add_ray_option(p, "spread the questions over Ray actors that each hold the models")
-    p.add_argument("--ray-workers", type=int, default=None, metavar="N",
+    p.add_argument("--ray-workers", type=int_option("--ray-workers", 1, 4096), default=None, metavar="N",
                    help="with --ray: actors (default: one per CPU of the cluster)")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                    help="print metric deltas and flipped questions of two runs")
@@ -62,6 +62,8 @@ def run(args) -> int:
 
     cfg = EvalConfig(data=args.data, reader=args.reader, scope=args.scope, passages=args.passages,
                      reader_only=args.reader_only, threshold=args.threshold, limit=args.limit)
+    if args.ray_workers and not args.ray:
+        raise SpanQAError("--ray-workers only applies with --ray.")
     if args.ray:
         from eval.distributed import evaluate_ray
 

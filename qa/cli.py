@@ -64,6 +64,17 @@ def int_option(name: str, lo: int, hi: int):
     return parse
 
 
+def cpus_option(text: str) -> float:
+    """An argparse type: a CPU count for a Ray worker, 0.1 to 256."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"CPUs must be a number, not {text!r}") from None
+    if not 0.1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"CPUs must be from 0.1 to 256, not {text}")
+    return value
+
+
 def quiet_libraries() -> None:
     """Keep library chatter (progress bars while loading weights, advice) off the terminal."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

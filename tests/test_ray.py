@@ -242,3 +242,15 @@ def test_a_replica_deletes_day_old_uploads_and_refuses_foreign_store_ids(tmp_pat
     assert answers[0].doc_id == "a.txt"
     assert all(isinstance(a, SpanQAError) for a in answers[1:])
     assert isinstance(svc.index_file("x.exe", b"MZ", 2**20, 10**5, 5.0), SpanQAError)
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["serve", "--replicas", "3"], "only apply with --ray"),
+    (["serve", "--ray", "--cpus-per-replica", "0"], "CPUs must be from 0.1"),
+    (["eval", "x.json", "--out", "o", "--ray-workers", "2"], "only applies with --ray"),
+])
+def test_ray_options_are_checked_before_anything_loads(argv, why, capsys):
+    from qa.cli import main
+
+    assert main(argv) == 2
+    assert why in capsys.readouterr().err

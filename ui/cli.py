@@ -1,7 +1,7 @@
 """``spanqa serve``: registered through the ``spanqa.commands`` entry point."""
 from __future__ import annotations
 
-from qa.cli import add_ray_option, int_option
+from qa.cli import add_ray_option, cpus_option, int_option
 
 
 def register(sub) -> None:
@@ -19,9 +19,9 @@ def register(sub) -> None:
                    help="show like/dislike on answers and append each to this JSONL file "
                         "(question, answer, confidence, document, position)")
     add_ray_option(p, "answer on a Ray cluster: Ray Serve replicas hold the models")
-    p.add_argument("--replicas", type=int_option("--replicas", 1, 256), default=2,
+    p.add_argument("--replicas", type=int_option("--replicas", 1, 256), default=None,
                    help="with --ray: copies of the answering pipeline (default 2)")
-    p.add_argument("--cpus-per-replica", type=float, default=1.0,
+    p.add_argument("--cpus-per-replica", type=cpus_option, default=None,
                    help="with --ray: CPUs each replica reserves (and torch threads; default 1)")
     p.add_argument("--shared-dir", metavar="DIR", default=None,
                    help="with --ray: a folder every node reads and writes, for the start-up "
@@ -50,13 +50,16 @@ def check_address(host: str, port: int) -> None:
 
 
 def run(args) -> int:
+    from qa.errors import SpanQAError
     from ui.app import serve
 
+    given = [o for o, v in (("--replicas", args.replicas), ("--cpus-per-replica", args.cpus_per_replica),
+                            ("--shared-dir", args.shared_dir)) if v is not None]
+    if given and not args.ray:
+        raise SpanQAError(f"{', '.join(given)} only apply with --ray.")
     check_address(args.host, args.port)
     if args.feedback_log:
         from pathlib import Path
-
-        from qa.errors import SpanQAError
 
         log = Path(args.feedback_log)
         try:  # refuse an unwritable log now, not at the first click
@@ -76,8 +79,8 @@ def run(args) -> int:
 
         require_ray()  # before anything loads
         serve_ray(index=index, docs=args.doc, reader=args.reader, address=args.ray,
-                  replicas=args.replicas, shared_dir=args.shared_dir,
-                  cpus_per_replica=args.cpus_per_replica, host=args.host, port=args.port,
+                  replicas=args.replicas or 2, shared_dir=args.shared_dir,
+                  cpus_per_replica=args.cpus_per_replica or 1.0, host=args.host, port=args.port,
                   concurrency=max(args.concurrency, 16), feedback_log=args.feedback_log)
         return 0
     serve(index=index, docs=args.doc, reader=args.reader, host=args.host, port=args.port,
