@@ -49,29 +49,31 @@ def evaluate_ray(cfg: EvalConfig, address: str = "auto", workers: int | None = N
         cpus_per_worker = max(0.1, round(free / workers, 2))
     actor = ray.remote(num_cpus=cpus_per_worker, max_restarts=2, max_task_retries=2)(EvalWorker)
     pool = [actor.remote(cfg, int(cpus_per_worker)) for _ in range(workers)]
-    t0 = time.perf_counter()
-    out: dict[int, list[EvalRow]] = {}
-    index_seconds = 0.0
-    pending = {}
-    todo = list(enumerate(units))
-    with tqdm(total=len(plan.questions), desc=f"questions ({workers} Ray actors)", file=sys.stderr,
-              disable=not progress, mininterval=2) as bar:
-        for w in pool:  # one unit in flight per actor; the next goes to whichever is free
-            if todo:
-                i, u = todo.pop(0)
-                pending[w.run.remote(i, u)] = w
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            w = pending.pop(done[0])
-            i, rows, idx_s = ray.get(done[0])
-            out[i], index_seconds = rows, index_seconds + idx_s
-            bar.update(len(rows))
-            if todo:
-                j, u = todo.pop(0)
-                pending[w.run.remote(j, u)] = w
-        facts = ray.get(pool[0].facts.remote())
-    for w in pool:
-        ray.kill(w)
+    try:
+        t0 = time.perf_counter()
+        out: dict[int, list[EvalRow]] = {}
+        index_seconds = 0.0
+        pending = {}
+        todo = list(enumerate(units))
+        with tqdm(total=len(plan.questions), desc=f"questions ({workers} Ray actors)", file=sys.stderr,
+                  disable=not progress, mininterval=2) as bar:
+            for w in pool:  # one unit in flight per actor; the next goes to whichever is free
+                if todo:
+                    i, u = todo.pop(0)
+                    pending[w.run.remote(i, u)] = w
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                w = pending.pop(done[0])
+                i, rows, idx_s = ray.get(done[0])
+                out[i], index_seconds = rows, index_seconds + idx_s
+                bar.update(len(rows))
+                if todo:
+                    j, u = todo.pop(0)
+                    pending[w.run.remote(j, u)] = w
+            facts = ray.get(pool[0].facts.remote())
+    finally:  # each actor holds the models: never leave them behind
+        for w in pool:
+            ray.kill(w)
     rows = [r for i in range(len(units)) for r in out[i]]
     facts.update(seconds=time.perf_counter() - t0, index_seconds=index_seconds, ray_workers=workers)
     return rows, facts

@@ -283,13 +283,15 @@ def embed_on_ray(embedder: str, block: int = EMBED_BLOCK, cpus_per_worker: float
         actor = ray.remote(num_cpus=cpus, max_restarts=2, max_task_retries=2)(Embed)
         workers = [actor.remote(embedder, max(1, int(cpus_per_worker))) for _ in range(n)]
         out = []
-        with tqdm(total=len(texts), desc=f"embedding ({n} Ray workers)", unit="chunk",
-                  disable=progress is False) as bar:
-            for vecs in ActorPool(workers).map(lambda a, b: a.embed.remote(b), blocks):
-                out.append(vecs)
-                bar.update(len(vecs))
-        for w in workers:
-            ray.kill(w)
+        try:
+            with tqdm(total=len(texts), desc=f"embedding ({n} Ray workers)", unit="chunk",
+                      disable=progress is False) as bar:
+                for vecs in ActorPool(workers).map(lambda a, b: a.embed.remote(b), blocks):
+                    out.append(vecs)
+                    bar.update(len(vecs))
+        finally:  # the actors hold a model each: never leave them behind
+            for w in workers:
+                ray.kill(w)
         return np.vstack(out).astype(np.float32, copy=False)
 
     return run
