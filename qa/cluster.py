@@ -111,7 +111,6 @@ class QAService:
 
     def __init__(self, index: str, reader: str | None = None, uploads: str | None = None,
                  passages: int | None = None, max_stores: int = 32, threads: int | None = None):
-        from qa.pipeline import shared_reader
         from qa.retriever import DEFAULT_TOP_K
 
         if threads:
@@ -120,7 +119,7 @@ class QAService:
             torch.set_num_threads(threads)
         self.index, self.uploads = str(index), Path(uploads) if uploads else None
         self.passages = passages or DEFAULT_TOP_K
-        self.reader = "cascade" if reader == "cascade" else shared_reader(reader)
+        self.reader = reader  # a name: DocumentQA resolves it through the shared-reader cache
         self.max_stores = max_stores
         self._qas: OrderedDict[str, DocumentQA] = OrderedDict()
         self._lock = threading.Lock()
@@ -374,12 +373,13 @@ def _dropped(exc: BaseException) -> bool:
     return isinstance(exc, lost) and not isinstance(exc, SpanQAError)
 
 
-def call(method, *args, retries: int = RETRIES):
-    """``method.remote(*args).result()``, sent again (with a short back-off) when the replica
-    it went to died; an error the service returned is raised here, in the caller."""
+def call(method, *args, retries: int = RETRIES, sent=None):
+    """``method.remote(*args).result()`` (``sent``: a response already sent), sent again
+    (with a short back-off) when the replica it went to died; an error the service returned
+    is raised here, in the caller."""
     for attempt in range(retries):
         try:
-            out = method.remote(*args).result()
+            out = (sent if sent is not None and attempt == 0 else method.remote(*args)).result()
             break
         except Exception as exc:
             if not _dropped(exc) or attempt == retries - 1:
@@ -422,12 +422,8 @@ class RemoteQA:
         reqs = [AskRequest(check_question(q), check_count(top_k, "top_k (answers)", MAX_ANSWERS),
                            None if passages is None else check_count(passages, "passages", MAX_PASSAGES),
                            check_threshold(threshold), self.store_id) for q in questions]
-        if len(reqs) == 1:
-            return [call(self.handle.ask, reqs[0])]
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(len(reqs), 16)) as pool:
-            return list(pool.map(lambda r: call(self.handle.ask, r), reqs))
+        sent = [self.handle.ask.remote(r) for r in reqs]  # all in flight before any wait
+        return [call(self.handle.ask, r, sent=s) for r, s in zip(reqs, sent)]
 
     def ask_follow_up(self, read_as, context, keep=None, top_k=3, passages=None, threshold=None):
         return call(self.handle.ask_follow_up, self.store_id, read_as, context, keep, top_k,
