@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--reader", default=None,
                    help="bundled reader name (default, fast), QA model folder or hub id")
     p.add_argument("--scope", choices=["article", "corpus"], default="article")
-    from qa.cli import DeprecatedAlias, add_ray_option, count_option, int_option, threshold_option
+    from qa.cli import DeprecatedAlias, add_ray_option, add_runtime_option, count_option, int_option, threshold_option
     from qa.retriever import DEFAULT_TOP_K
 
     p.add_argument("--passages", type=count_option("passages", 20), default=DEFAULT_TOP_K,
@@ -26,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", dest="passages", type=count_option("passages", 20),
                    action=DeprecatedAlias, new="--passages", help=argparse.SUPPRESS)
     p.add_argument("--reader-only", action="store_true", help="read the gold paragraph itself")
+    add_runtime_option(p)
     p.add_argument("--threshold", type=threshold_option, default=None)
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
     p.add_argument("--latency-sample", type=int, default=50,

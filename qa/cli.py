@@ -87,6 +87,15 @@ def quiet_libraries() -> None:
         pass
 
 
+def add_runtime_option(p: argparse.ArgumentParser) -> None:
+    """``--runtime``: what runs the reader's network (every reader of the command)."""
+    from qa.onnx_backend import RUNTIMES
+
+    p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="what runs the reader: torch (fp32), onnx (fp32) or onnx-int8 "
+                        "(default: the one the reader's folder names; see the README's table)")
+
+
 def add_source_options(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--index", metavar="DIR", help="a saved index (from `spanqa index`)")
@@ -100,6 +109,7 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
                    help=f"passages the reader reads, 1-20 (default {DEFAULT_TOP_K})")
     p.add_argument("--threshold", type=threshold_option, default=None,
                    help="abstain below this confidence, 0-1 (default: the reader's calibrated one)")
+    add_runtime_option(p)
 
 
 def open_qa(args):
@@ -391,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
             args.rest = argv[argv.index(args.command) + 1:]
         elif rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if getattr(args, "runtime", None):  # every reader this process builds (qa.reader)
+            from qa.reader import RUNTIME_ENV
+
+            os.environ[RUNTIME_ENV] = args.runtime
         return int(args.func(args) or 0)
     except SpanQAError as exc:
         print(f"spanqa: error: {exc}", file=sys.stderr)

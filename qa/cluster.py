@@ -59,6 +59,10 @@ def connect(address: str | None = "auto", num_cpus: int | None = None):
     if ray.is_initialized():
         return ray
     opts = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    from qa.reader import RUNTIME_ENV
+
+    if os.environ.get(RUNTIME_ENV):  # --runtime reaches the workers' readers too
+        opts["runtime_env"] = {"env_vars": {RUNTIME_ENV: os.environ[RUNTIME_ENV]}}
     if address != "local":
         try:
             ray.init(address=address, **opts)

@@ -12,6 +12,8 @@ Like a Haystack component, ``__init__`` only stores configuration; ``warm_up()``
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,14 +24,18 @@ from qa.calibration import Calibration
 from qa.decoding import decode_windows, min_null_logit
 from qa.errors import ModelNotFoundError, OptionError
 from qa.features import build_windows
+from qa.onnx_backend import check_runtime
 from qa.packed import is_packed, load_packed
 from qa.scoring import RawSpan, ReaderResult, ReaderSpan, score_spans  # noqa: F401 (re-exported)
+
+log = logging.getLogger("spanqa.reader")
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_READER_DIR = MODELS_DIR / "reader"
 # Readers that ship with spanqa, by the name ``--reader`` takes (see qa/models/*/README.md).
 BUNDLED_READERS = {"default": DEFAULT_READER_DIR, "fast": MODELS_DIR / "reader-fast"}
 READER_CONFIG_FILE = "spanqa_reader.json"
+RUNTIME_ENV = "SPANQA_RUNTIME"  # overrides every reader's runtime in this process (--runtime)
 
 
 @dataclass
@@ -42,13 +48,14 @@ class ReaderConfig:
     length_penalty: float = 0.0  # logit units per answer token past the first (qa.decoding)
     top_n_per_window: int = 10
     batch_size: int = 32  # windows per forward pass
+    runtime: str = "torch"  # torch | onnx | onnx-int8 (qa.onnx_backend)
     calibration: Calibration = field(default_factory=Calibration)
     # What else the folder's spanqa_reader.json records (training provenance, calibration
     # report, ...): kept as read and written back, so a load and save loses nothing.
     notes: dict = field(default_factory=dict)
 
     SETTINGS = ("max_seq_len", "doc_stride", "max_answer_len", "length_penalty",
-                "top_n_per_window", "batch_size")
+                "top_n_per_window", "batch_size", "runtime")
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.SETTINGS}
@@ -60,6 +67,8 @@ class ReaderConfig:
         d = dict(d)
         cal = Calibration.from_dict(d.pop("calibration", {}) or {})
         known = {k: d.pop(k) for k in cls.SETTINGS if k in d}
+        if "runtime" in known:
+            known["runtime"] = check_runtime(known["runtime"])
         return cls(calibration=cal, notes=d, **known)
 
     @classmethod
@@ -81,6 +90,9 @@ class ReaderConfig:
         out = replace(self)
         for k, v in overrides.items():
             if v is None:
+                continue
+            if k == "runtime":
+                out.runtime = check_runtime(v)
                 continue
             want = type(getattr(self, k))
             if isinstance(v, bool) or not isinstance(v, (int, float)) or (want is int and v != int(v)) \
@@ -121,11 +133,15 @@ class ExtractiveReader:
         self.model_name = str(model) if model is not None else "default"
         self.device = device
         self._explicit_config = config
+        if overrides.get("runtime") is None and os.environ.get(RUNTIME_ENV):
+            overrides["runtime"] = os.environ[RUNTIME_ENV]
         ReaderConfig().with_overrides(**overrides)  # unknown or bad settings fail here, not later
         self._overrides = overrides
         self.config: ReaderConfig | None = config
-        self.model = None
+        self.model = None  # the torch model, when torch reads (or exported the ONNX one)
         self.tokenizer = None
+        self.runtime: str | None = None  # the runtime actually reading, once warm
+        self._forward = None  # numpy inputs -> (start, end) logits
         self._lock = threading.Lock()  # loading
         self._use_lock = threading.Lock()  # tokenising + model: one request at a time
 
@@ -135,6 +151,7 @@ class ExtractiveReader:
         logs come from the very decoding users get)."""
         r = cls(model="<in memory>", device=device, config=config)
         r.model, r.tokenizer = model, tokenizer
+        r.runtime, r._forward = "torch", r._torch_forward
         return r
 
     def to_dict(self) -> dict:
@@ -142,28 +159,21 @@ class ExtractiveReader:
                 "config": self.config.to_dict() if self.config else None}
 
     def warm_up(self) -> None:
-        """Load tokenizer, weights and ``spanqa_reader.json``; a no-op once loaded."""
-        if self.model is not None:
+        """Load tokenizer, ``spanqa_reader.json`` and the model in the configured runtime; a
+        no-op once loaded. An ONNX runtime that cannot start falls back to torch with a log
+        line (``self.runtime`` says which one reads)."""
+        if self._forward is not None:
             return
         with self._lock:
-            if self.model is not None:
+            if self._forward is not None:
                 return
-            import torch
-            from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+            from transformers import AutoTokenizer
 
             path = resolve_model_path(self.model_name)
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path)
-                if is_packed(path):  # a low-rank delta over a pip-shipped base (qa/packed.py)
-                    model = load_packed(path)
-                else:
-                    model = AutoModelForQuestionAnswering.from_pretrained(
-                        path, dtype=torch.float32)
             except (OSError, ValueError) as exc:
-                raise ModelNotFoundError(
-                    f"Could not load a question-answering model from {self.model_name!r}: "
-                    f"{str(exc).splitlines()[0]}"
-                ) from None
+                raise self._load_error(exc) from None
             if not getattr(tokenizer, "is_fast", False):
                 raise ModelNotFoundError(
                     f"{self.model_name!r} has no fast tokenizer; character offsets need one."
@@ -172,12 +182,66 @@ class ExtractiveReader:
                 folder = Path(path)
                 cfg = ReaderConfig.load(folder) if folder.is_dir() else ReaderConfig()
                 self.config = cfg.with_overrides(**self._overrides)
-            model.to(self.device).eval()
-            self.tokenizer, self.model = tokenizer, model
+            self.tokenizer = tokenizer
+            if self.config.runtime != "torch" and self._start_onnx(path):
+                return
+            if self.model is None:
+                self.model = self._load_torch(path)
+            self.runtime, self._forward = "torch", self._torch_forward
 
-    def _logits(self, windows, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def _load_error(self, exc: Exception) -> ModelNotFoundError:
+        return ModelNotFoundError(f"Could not load a question-answering model from "
+                                  f"{self.model_name!r}: {str(exc).splitlines()[0]}")
+
+    def _load_torch(self, path: str):
+        import torch
+        from transformers import AutoModelForQuestionAnswering
+
+        try:
+            if is_packed(path):  # a low-rank delta over a pip-shipped base (qa/packed.py)
+                model = load_packed(path)
+            else:
+                model = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise self._load_error(exc) from None
+        return model.to(self.device).eval()
+
+    def _start_onnx(self, path: str) -> bool:
+        """Read with ONNX Runtime (exporting on first use); False, after a log line, when it
+        cannot (then torch reads)."""
+        from qa.onnx_backend import open_runtime
+
+        runtime = self.config.runtime
+        if self.device != "cpu" or not Path(path).is_dir():
+            log.info("spanqa: %s runs on the CPU with a local model folder; torch reads", runtime)
+            return False
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
+                 if n in self.tokenizer.model_input_names]
+
+        def load_torch():
+            if self.model is None:
+                self.model = self._load_torch(path)
+            return self.model
+
+        try:
+            self._forward = open_runtime(path, runtime, load_torch, names)
+        except ModelNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any runtime failure: read with torch
+            log.warning("spanqa: the %s runtime is unavailable (%s: %s); reading with torch",
+                        runtime, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            return False
+        self.runtime, self.model = runtime, None  # the torch copy is not needed any more
+        return True
+
+    def _torch_forward(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
+        with torch.inference_mode():
+            out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in batch.items()})
+        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+
+    def _logits(self, windows, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         bs = self.config.batch_size
         starts, ends = [], []
         inputs = windows.model_inputs()
@@ -186,18 +250,13 @@ class ExtractiveReader:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="reading", unit="batch", mininterval=5)
-        with torch.inference_mode():
-            for i in batches:
-                mask = inputs["attention_mask"][i:i + bs]
-                width = int(mask.sum(1).max())
-                batch = {k: torch.from_numpy(v[i:i + bs, :width]).to(self.device)
-                         for k, v in inputs.items()}
-                out = self.model(**batch)
-                s = out.start_logits.float().cpu().numpy()
-                e = out.end_logits.float().cpu().numpy()
-                pad = inputs["input_ids"].shape[1] - width
-                starts.append(np.pad(s, ((0, 0), (0, pad)), constant_values=-1e4))
-                ends.append(np.pad(e, ((0, 0), (0, pad)), constant_values=-1e4))
+        for i in batches:
+            width = int(inputs["attention_mask"][i:i + bs].sum(1).max())
+            s, e = self._forward({k: np.ascontiguousarray(v[i:i + bs, :width])
+                                  for k, v in inputs.items()})
+            pad = inputs["input_ids"].shape[1] - width
+            starts.append(np.pad(s, ((0, 0), (0, pad)), constant_values=-1e4))
+            ends.append(np.pad(e, ((0, 0), (0, pad)), constant_values=-1e4))
         return np.concatenate(starts), np.concatenate(ends)
 
     def window_logits(self, questions: list[str], passages: list[str], progress: bool = False):

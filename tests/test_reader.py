@@ -69,12 +69,12 @@ def test_reader_config_round_trips_every_key(tmp_path):
     from qa.reader import ReaderConfig
 
     raw = {"max_seq_len": 384, "doc_stride": 128, "max_answer_len": 30, "length_penalty": 0.02,
-           "top_n_per_window": 10, "batch_size": 16,
+           "top_n_per_window": 10, "batch_size": 16, "runtime": "onnx",
            "calibration": {**ReaderConfig().calibration.to_dict(), "threshold": 0.07},
            "training": {"base": "x", "steps": 3}, "calibration_report": {"ece_answerable": 0.05}}
     (tmp_path / READER_CONFIG_FILE).write_text(json.dumps(raw))
     cfg = ReaderConfig.load(tmp_path)
-    assert cfg.max_seq_len == 384 and cfg.calibration.threshold == 0.07
+    assert cfg.max_seq_len == 384 and cfg.calibration.threshold == 0.07 and cfg.runtime == "onnx"
     cfg.save(tmp_path)
     assert json.loads((tmp_path / READER_CONFIG_FILE).read_text()) == raw
 

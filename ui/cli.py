@@ -1,7 +1,7 @@
 """``spanqa serve``: registered through the ``spanqa.commands`` entry point."""
 from __future__ import annotations
 
-from qa.cli import add_ray_option, cpus_option, int_option
+from qa.cli import add_ray_option, add_runtime_option, cpus_option, int_option
 
 
 def register(sub) -> None:
@@ -11,6 +11,7 @@ def register(sub) -> None:
     g.add_argument("--doc", metavar="PATH", action="append", help="a document (repeat for several)")
     p.add_argument("--reader", default=None,
                    help="bundled reader name (default, fast), QA model folder or hub id")
+    add_runtime_option(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int_option("--port", 1, 65535), default=7860)
     p.add_argument("--concurrency", type=int_option("--concurrency", 1, 64), default=2,

@@ -1,0 +1,135 @@
+"""The ONNX Runtime reader: same answers as torch, exported once and cached, and torch when
+ONNX cannot run (qa/onnx_backend.py)."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from qa.errors import OptionError  # noqa: E402
+from qa.onnx_backend import cached_export, export_key  # noqa: E402
+from qa.reader import READER_CONFIG_FILE, ExtractiveReader, ReaderConfig  # noqa: E402
+
+QUESTIONS = ["When was the tower built?", "Who designed it?"]
+PASSAGES = [["The Eiffel Tower is in Paris. It was built in 1889 by Gustave Eiffel's company "
+             "for the World's Fair, and for forty years it was the tallest structure."] * 2,
+            ["Gustave Eiffel's engineers Maurice Koechlin and Emile Nouguier designed the tower."]]
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPANQA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SPANQA_RUNTIME", raising=False)
+    return tmp_path / "cache"
+
+
+def _logits(reader):
+    _, start, end = reader.window_logits([QUESTIONS[0]] * 3, PASSAGES[0] + PASSAGES[1])
+    return start, end
+
+
+def test_onnx_reads_what_torch_reads(tiny_reader_dir, cache):
+    torch_r = ExtractiveReader(str(tiny_reader_dir), runtime="torch")
+    onnx_r = ExtractiveReader(str(tiny_reader_dir), runtime="onnx")
+    s0, e0 = _logits(torch_r)
+    s1, e1 = _logits(onnx_r)
+    assert (torch_r.runtime, onnx_r.runtime) == ("torch", "onnx")
+    assert onnx_r.model is None  # the torch copy was dropped after the export
+    np.testing.assert_allclose(s1, s0, atol=1e-4)
+    np.testing.assert_allclose(e1, e0, atol=1e-4)
+    a = torch_r.predict_many(QUESTIONS, PASSAGES, top_k=3, threshold=0)
+    b = onnx_r.predict_many(QUESTIONS, PASSAGES, top_k=3, threshold=0)
+    assert [[(s.passage, s.text, s.char_start) for s in r.spans] for r in a] == \
+        [[(s.passage, s.text, s.char_start) for s in r.spans] for r in b]
+
+
+def test_int8_is_close_to_fp32(tiny_reader_dir, cache):
+    s0, _ = _logits(ExtractiveReader(str(tiny_reader_dir), runtime="torch"))
+    s1, _ = _logits(ExtractiveReader(str(tiny_reader_dir), runtime="onnx-int8"))
+    real = s0 > -1e3  # padding stays -1e4 in both
+    assert np.array_equal(real, s1 > -1e3)
+    assert np.corrcoef(s0[real], s1[real])[0, 1] > 0.99
+    assert not np.allclose(s0[real], s1[real], atol=1e-6)  # it really is another model
+
+
+def test_a_cached_export_is_used_without_loading_torch(tiny_reader_dir, cache, monkeypatch):
+    first = ExtractiveReader(str(tiny_reader_dir), runtime="onnx")
+    first.warm_up()
+    assert cached_export(tiny_reader_dir, "onnx").is_file()
+
+    def no_torch(self, path):
+        raise AssertionError("the torch model was loaded although the export is cached")
+
+    monkeypatch.setattr(ExtractiveReader, "_load_torch", no_torch)
+    again = ExtractiveReader(str(tiny_reader_dir), runtime="onnx")
+    np.testing.assert_array_equal(_logits(again)[0], _logits(first)[0])
+    assert again.runtime == "onnx"
+
+
+def test_a_broken_cache_is_exported_again(tiny_reader_dir, cache, caplog):
+    good = _logits(ExtractiveReader(str(tiny_reader_dir), runtime="onnx"))[0]
+    f = cached_export(tiny_reader_dir, "onnx")
+    f.write_bytes(b"not an onnx file")
+    with caplog.at_level(logging.WARNING, logger="spanqa.onnx"):
+        r = ExtractiveReader(str(tiny_reader_dir), runtime="onnx")
+        np.testing.assert_array_equal(_logits(r)[0], good)
+    assert "unreadable" in caplog.text and r.runtime == "onnx"
+    assert f.stat().st_size > 1000
+
+
+def test_without_onnxruntime_torch_reads(tiny_reader_dir, cache, monkeypatch, caplog):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime fails
+    with caplog.at_level(logging.WARNING, logger="spanqa.reader"):
+        r = ExtractiveReader(str(tiny_reader_dir), runtime="onnx-int8")
+        res = r.predict(QUESTIONS[0], PASSAGES[0], threshold=0)
+    assert r.runtime == "torch" and res.spans
+    assert "onnx-int8 runtime is unavailable" in caplog.text and "reading with torch" in caplog.text
+
+
+def test_the_key_follows_the_weights_and_the_runtime(tiny_reader_dir, tmp_path, cache):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_reader_dir, copy)
+    assert export_key(copy, "onnx") == export_key(tiny_reader_dir, "onnx")
+    assert export_key(copy, "onnx") != export_key(copy, "onnx-int8")
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["layer_norm_eps"] = 1e-6
+    (copy / "config.json").write_text(json.dumps(cfg))
+    assert export_key(copy, "onnx") != export_key(tiny_reader_dir, "onnx")
+
+
+def test_runtime_setting_round_trips_and_is_checked(tiny_reader_dir, tmp_path, cache, monkeypatch):
+    folder = tmp_path / "reader"
+    shutil.copytree(tiny_reader_dir, folder)
+    ReaderConfig(runtime="onnx").save(folder)
+    assert json.loads((folder / READER_CONFIG_FILE).read_text())["runtime"] == "onnx"
+    r = ExtractiveReader(str(folder))
+    r.warm_up()
+    assert r.runtime == "onnx"  # the folder names its runtime
+    monkeypatch.setenv("SPANQA_RUNTIME", "torch")  # --runtime overrides it
+    r = ExtractiveReader(str(folder))
+    r.warm_up()
+    assert r.runtime == "torch"
+    with pytest.raises(OptionError, match="runtime must be one of"):
+        ExtractiveReader(str(folder), runtime="tensorrt")
+    monkeypatch.setenv("SPANQA_RUNTIME", "gpu")
+    with pytest.raises(OptionError, match="not 'gpu'"):
+        ExtractiveReader(str(folder))
+    (folder / READER_CONFIG_FILE).write_text(json.dumps({"runtime": "fast"}))
+    with pytest.raises(OptionError):
+        ReaderConfig.load(folder)
+
+
+def test_cli_refuses_an_unknown_runtime(capsys):
+    from qa.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["ask", "--runtime", "gpu", "What?"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err
