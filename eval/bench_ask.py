@@ -1,7 +1,7 @@
 """Latency of ``DocumentQA.ask()`` over the bundled article, cold start, and how close the
 reader runs to the machine's arithmetic limit.
 
-    python -m eval.bench_ask [--reader default|fast|cascade|PATH] [--n 200] [--passages 5]
+    python -m eval.bench_ask [--reader default|fast|cascade|PATH] [--runtime onnx] [--n 200]
 
 Cold start is measured from a fresh Python process: import spanqa, load both models, index
 the article, answer one question. Warm latency is one question at a time (what a chat user
@@ -10,15 +10,16 @@ waits), questions from eval/questions/us_weapons_in_russia.json in turn.
 Work per question: the tokens the reader reads (its windows, and as computed: padded to the
 longest window of each forward pass), the GFLOP that costs (2 per weight of the encoder's
 matrices per token, plus attention's 4·layers·hidden per token per token of its window), and
-the GFLOP/s achieved: that GFLOP over the median latency. The fp32 peak it is set against is
-cores × clock (``/proc/cpuinfo``) × 32 FLOP per cycle (two 256-bit FMA pipes: 2 × 8 lanes ×
-2 FLOP, what AVX2 and, on AMD Zen 4, double-pumped AVX-512 reach); the clock is the nominal
-one the VM reports, so boost can put the real peak higher.
+the GFLOP/s achieved: that GFLOP over the median latency (int8 products counted as FLOP).
+The fp32 peak it is set against is cores × clock (``/proc/cpuinfo``) × FLOP per cycle from
+the CPU's vector units (:func:`flop_per_cycle`); the clock is the nominal one the VM reports,
+so boost can put the real peak higher. ``--runtime`` picks what runs the readers.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qa.onnx_backend import RUNTIMES
+from qa.reader import RUNTIME_ENV
 from qa.retriever import DEFAULT_TOP_K
 
 QUESTIONS = Path(__file__).resolve().parent / "questions" / "us_weapons_in_russia.json"
@@ -68,36 +71,51 @@ def warm(reader: str | None, n: int, passages: int) -> list[float]:
     return times
 
 
+def flop_per_cycle(vendor: str, family: int | None, flags: set[str]) -> tuple[int, str]:
+    """fp32 FLOP one core can issue per cycle, from its vector units: two FMA pipes × lanes
+    × 2. Full-width AVX-512 (Intel server cores, AMD Zen 5 = family 26): 2 × 16 × 2 = 64;
+    AVX2, or Zen 4's (family 25) double-pumped AVX-512: 2 × 8 × 2 = 32."""
+    if "avx512f" in flags and not (vendor == "AuthenticAMD" and family == 25):
+        return 64, "two 512-bit FMA pipes"
+    if "fma" in flags:
+        return 32, "two 256-bit FMA pipes"
+    return 16, "no FMA"
+
+
 def fp32_peak_gflops() -> tuple[float, str]:
     """The CPU's nominal fp32 peak and how it was computed."""
-    import os
-
-    mhz = None
+    info: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("cpu MHz"):
-                mhz = float(line.split(":")[1])
-                break
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0))
-    if mhz is None:
+    if "cpu MHz" not in info:
         return float("nan"), "clock unknown"
-    return cores * mhz / 1000 * 32, f"{cores} cores x {mhz / 1000:.2f} GHz x 32 FLOP/cycle"
+    family = int(info["cpu family"]) if info.get("cpu family", "").isdigit() else None
+    fpc, how = flop_per_cycle(info.get("vendor_id", ""), family, set(info.get("flags", "").split()))
+    ghz = float(info["cpu MHz"]) / 1000
+    return cores * ghz * fpc, f"{cores} cores x {ghz:.2f} GHz x {fpc} FLOP/cycle, {how}"
 
 
 def reader_work(reader, question: str, passages: list[str]) -> dict:
-    """Tokens read (real and as computed with padding) and GFLOP for one question."""
-    from qa.features import build_windows
+    """Tokens read (real and as computed with padding) and GFLOP for one question. The
+    matrices' sizes come from the model's config, whichever runtime reads."""
+    from transformers import AutoConfig
 
-    cfg, model = reader.config, reader.model
+    from qa.features import build_windows
+    from qa.reader import resolve_model_path
+
+    cfg = reader.config
     w = build_windows(reader.tokenizer, [question] * len(passages), passages, cfg.max_seq_len,
                       cfg.doc_stride)
     lengths = [int(x) for x in w.attention_mask.sum(1)]
-    mc = model.config
+    mc = AutoConfig.from_pretrained(resolve_model_path(reader.model_name))
     layers, hidden = int(mc.num_hidden_layers), int(mc.hidden_size)
-    weights = sum(m.weight.numel() for name, m in model.named_modules()
-                  if type(m).__name__ == "Linear" and "embeddings" not in name)
+    # q, k, v, o, the feed-forward pair, and the span head (2 outputs): the encoder's matrices
+    weights = layers * (4 * hidden * hidden + 2 * hidden * int(mc.intermediate_size)) + 2 * hidden
     computed = []
     for i in range(0, len(lengths), cfg.batch_size):
         batch = lengths[i:i + cfg.batch_size]
@@ -121,7 +139,8 @@ def work_per_question(reader_name: str | None, passages: int, n: int = 40) -> di
     out = {}
     for r in readers:
         rows = [reader_work(r, q, [p.chunk.text for p in qa.retriever.retrieve(q)]) for q in qs]
-        out[r.model_name] = {k: float(np.mean([x[k] for x in rows])) for k in rows[0]}
+        out[f"{r.model_name} ({r.runtime})"] = {k: float(np.mean([x[k] for x in rows]))
+                                                for k in rows[0]}
     return out
 
 
@@ -131,7 +150,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--passages", type=int, default=DEFAULT_TOP_K)
     ap.add_argument("--cold-runs", type=int, default=3)
+    ap.add_argument("--runtime", choices=RUNTIMES, default=None,
+                    help="what runs the readers (default: each reader folder's own)")
     args = ap.parse_args()
+    if args.runtime:  # this process and the cold-start ones
+        os.environ[RUNTIME_ENV] = args.runtime
     import torch
 
     colds = [cold_start(args.reader) for _ in range(args.cold_runs)]
@@ -149,7 +172,8 @@ def main() -> None:
     for name, w in work_per_question(args.reader, args.passages).items():
         print(f"reader {name}: {w['windows']:.1f} windows, {w['tokens']:.0f} tokens read "
               f"({w['tokens_computed']:.0f} computed with padding), {w['gflop']:.1f} GFLOP per "
-              f"question; over the p50 latency {w['gflop'] / (p50 / 1000):.0f} GFLOP/s, against "
+              f"question; over the p50 latency {w['gflop'] / (p50 / 1000):.0f} GFLOP/s (int8 "
+              f"products counted as FLOP), against "
               f"an fp32 peak of {peak:.0f} GFLOP/s ({how})")
 
 
