@@ -97,7 +97,7 @@ def fp32_peak_gflops() -> tuple[float, str]:
     family = int(info["cpu family"]) if info.get("cpu family", "").isdigit() else None
     fpc, how = flop_per_cycle(info.get("vendor_id", ""), family, set(info.get("flags", "").split()))
     ghz = float(info["cpu MHz"]) / 1000
-    return cores * ghz * fpc, f"{cores} cores x {ghz:.2f} GHz x {fpc} FLOP/cycle, {how}"
+    return cores * ghz * fpc, f"{cores} core{'s' if cores != 1 else ''} x {ghz:.2f} GHz x {fpc} FLOP/cycle, {how}"
 
 
 def reader_work(reader, question: str, passages: list[str]) -> dict:
