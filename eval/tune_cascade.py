@@ -1,8 +1,14 @@
-"""Choose the cascade's cut from two end-to-end runs over the same questions: one with the
-fast reader, one with the default reader (``spanqa eval ... --reader fast|default``, on
-held-out *training* articles, never dev).
+"""Choose the cut of a two-stage answer from two end-to-end runs over the same questions: a
+cheap first stage and the full answer (on held-out *training* articles, never dev).
+
+- The cascade: the fast reader, then the default reader (``spanqa eval ... --reader
+  fast|default``). ``--write`` stores the cut in ``qa/models/cascade.json``.
+- Staged reading: one reader reading its first N passages, then all of them (``spanqa eval
+  ... --passages N|5``). ``--write-staged READER --first N`` stores ``first_passages`` and
+  ``first_cut`` in that reader folder's ``spanqa_reader.json``.
 
     python -m eval.tune_cascade runs/fast-ho runs/default-ho [--max-loss 0.5] [--write]
+    python -m eval.tune_cascade runs/ho-p2 runs/ho-p5 --write-staged qa/models/reader --first 2
 
 For each cut (the fast reader's calibrated confidence at or above which its answer is kept)
 it prints the share the fast reader answers and the cascade's F1, simulated per question from
@@ -39,19 +45,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("default_run")
     ap.add_argument("--max-loss", type=float, default=0.5, help="F1 points the cascade may lose")
     ap.add_argument("--write", action="store_true", help=f"store the chosen cut in {CASCADE_FILE}")
+    ap.add_argument("--write-staged", metavar="READER_DIR",
+                    help="store the cut as this reader's staged reading (with --first)")
+    ap.add_argument("--first", type=int, default=None,
+                    help="with --write-staged: the passages the first run read")
     args = ap.parse_args(argv)
+    if args.write_staged and not (args.first and args.first >= 1):
+        ap.error("--write-staged needs --first N (the passages the first run read)")
     fast, full = _rows(args.fast_run), _rows(args.default_run)
     if not set(fast) & set(full):
         ap.error("the two runs share no question ids")
     alone = simulate(fast, full, 2.0)  # nothing kept: the default reader alone
     table = [simulate(fast, full, c / 100) for c in range(0, 101, 5)]
-    print(f"default reader alone: F1 {alone['f1']:.2f} on {len(set(fast) & set(full))} questions")
-    print("cut   fast answers   cascade F1   vs default")
+    print(f"second run alone: F1 {alone['f1']:.2f} on {len(set(fast) & set(full))} questions")
+    print("cut   first answers  two-stage F1  vs second")
     for r in table:
         print(f"{r['cut']:.2f}  {r['fast_share']:12.1f}%  {r['f1']:10.2f}  {r['f1'] - alone['f1']:+9.2f}")
     ok = [r for r in table if r["f1"] >= alone["f1"] - args.max_loss]
     chosen = min(ok, key=lambda r: r["cut"])
-    print(f"chosen cut {chosen['cut']:.2f}: the fast reader answers {chosen['fast_share']:.1f}%, "
+    print(f"chosen cut {chosen['cut']:.2f}: the first stage answers {chosen['fast_share']:.1f}%, "
           f"F1 {chosen['f1']:.2f} ({chosen['f1'] - alone['f1']:+.2f})")
     if args.write:
         CASCADE_FILE.write_text(json.dumps({
@@ -60,6 +72,17 @@ def main(argv: list[str] | None = None) -> int:
                           "max_loss": args.max_loss, "default_f1": alone["f1"],
                           "table": table}}, indent=2) + "\n")
         print(f"wrote {CASCADE_FILE}")
+    if args.write_staged:
+        from qa.reader import ReaderConfig
+
+        cfg = ReaderConfig.load(args.write_staged).with_overrides(
+            first_passages=args.first, first_cut=chosen["cut"])
+        cfg.notes["staged_reading"] = {
+            "first_run": args.fast_run, "full_run": args.default_run, "max_loss": args.max_loss,
+            "full_f1": alone["f1"], "table": table}
+        cfg.save(args.write_staged)
+        print(f"wrote first_passages {args.first}, first_cut {chosen['cut']:.2f} to "
+              f"{args.write_staged}")
     return 0
 
 

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import unicodedata
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -253,8 +254,35 @@ class DocumentQA:
 
     def _score(self, reader: ExtractiveReader, questions: list[str], passages: list[list[Passage]],
                top_k: int, threshold: float | None):
-        """One reader's spans through the scoring step, with its own calibration."""
-        raw = reader.read_spans(questions, [[p.chunk.text for p in ps] for ps in passages])
+        """One reader's spans through the scoring step, with its own calibration. With staged
+        reading (the reader's ``first_passages``/``first_cut``), the passages after the first
+        few are read only for questions whose best confidence is still below the cut; a
+        question read in full gets exactly the spans and scores of one read of all its
+        passages (spans are found and scored passage by passage)."""
+        reader.warm_up()
+        cfg = reader.config
+        first = cfg.first_passages
+        raw = reader.read_spans(questions, [[p.chunk.text for p in ps[:first or None]]
+                                            for ps in passages])
+        results = self._calibrate(reader, raw, passages, threshold, top_k)
+        if not first:
+            return results
+        cut = max(cfg.first_cut, cfg.calibration.threshold if threshold is None else threshold)
+        more = [i for i, r in enumerate(results) if len(passages[i]) > first
+                and (r.spans[0].score if r.spans else 0.0) < cut]
+        if more:
+            rest = reader.read_spans([questions[i] for i in more],
+                                     [[p.chunk.text for p in passages[i][first:]] for i in more])
+            for i, spans in zip(more, rest):
+                raw[i] = raw[i] + [replace(s, passage=s.passage + first) for s in spans]
+            again = self._calibrate(reader, [raw[i] for i in more], [passages[i] for i in more],
+                                    threshold, top_k)
+            for i, r in zip(more, again):
+                results[i] = r
+        return results
+
+    def _calibrate(self, reader: ExtractiveReader, raw, passages: list[list[Passage]],
+                   threshold: float | None, top_k: int):
         cal = reader.config.calibration
         # the retriever's similarities count only on the scale the calibration was fitted
         # for (the same embedder); otherwise its default stands in

@@ -49,13 +49,19 @@ class ReaderConfig:
     top_n_per_window: int = 10
     batch_size: int = 32  # windows per forward pass
     runtime: str = "torch"  # torch | onnx | onnx-int8 (qa.onnx_backend)
+    # Staged reading (the pipeline's, qa.pipeline.DocumentQA): read the first
+    # ``first_passages`` retrieved passages, and the rest only for questions whose best
+    # confidence is below ``first_cut``; 0 reads them all at once.
+    first_passages: int = 0
+    first_cut: float = 0.0
     calibration: Calibration = field(default_factory=Calibration)
     # What else the folder's spanqa_reader.json records (training provenance, calibration
     # report, ...): kept as read and written back, so a load and save loses nothing.
     notes: dict = field(default_factory=dict)
 
     SETTINGS = ("max_seq_len", "doc_stride", "max_answer_len", "length_penalty",
-                "top_n_per_window", "batch_size", "runtime")
+                "top_n_per_window", "batch_size", "runtime", "first_passages", "first_cut")
+    _MINIMUM = {"length_penalty": 0, "first_passages": 0, "first_cut": 0}  # others: 1
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.SETTINGS}
@@ -96,8 +102,9 @@ class ReaderConfig:
                 continue
             want = type(getattr(self, k))
             if isinstance(v, bool) or not isinstance(v, (int, float)) or (want is int and v != int(v)) \
-                    or v < 0 or (k != "length_penalty" and v < 1):
-                raise OptionError(f"Reader setting {k} must be a positive {want.__name__}, not {v!r}.")
+                    or not v >= self._MINIMUM.get(k, 1) or (k == "first_cut" and v > 1):
+                raise OptionError(f"Reader setting {k} must be a positive {want.__name__}"
+                                  f"{' from 0 to 1' if k == 'first_cut' else ''}, not {v!r}.")
             setattr(out, k, want(v))
         return out
 
@@ -156,6 +163,7 @@ class ExtractiveReader:
 
     def to_dict(self) -> dict:
         return {"type": "ExtractiveReader", "model": self.model_name, "device": self.device,
+                "runtime": self.runtime,  # what reads, once warm (None before warm_up)
                 "config": self.config.to_dict() if self.config else None}
 
     def warm_up(self) -> None:

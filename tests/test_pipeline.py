@@ -60,3 +60,47 @@ def test_save_load_and_add(qa, tmp_path, tiny_reader_dir):
     assert loaded.add_texts(["Lake Baikal is the deepest lake."], ids=["baikal"]) == ["baikal"]
     assert loaded.retriever.retrieve("deepest lake")[0].chunk.doc_id == "baikal"
     assert loaded.reader is qa.reader  # models are shared, not loaded twice
+
+
+def _staged_qa(tiny_reader_dir, first: int, cut: float):
+    from qa.reader import ExtractiveReader
+
+    reader = ExtractiveReader(str(tiny_reader_dir), first_passages=first, first_cut=cut)
+    texts = TEXTS + ["The Louvre is a museum in Paris. It opened in 1793.",
+                     "Lake Victoria borders Tanzania, Uganda and Kenya."]
+    return DocumentQA.from_texts(texts, reader=reader, passages=4)
+
+
+def _spans(a):
+    return [(c.passage_id, c.text, round(c.score, 5)) for c in [a, *a.candidates]]
+
+
+def test_staged_reading_reads_the_rest_only_below_the_cut(tiny_reader_dir, embedder, monkeypatch):
+    qs = ["Where is the Eiffel Tower?", "What is the summit called?"]
+    full = _staged_qa(tiny_reader_dir, 0, 0.0)
+    everything = full.ask_many(qs, top_k=5, threshold=0.0)
+    # a cut no confidence reaches: every question reads all its passages, as in one read
+    always = _staged_qa(tiny_reader_dir, 1, 1.0)
+    seen = []
+    real = always.reader.read_spans
+    monkeypatch.setattr(always.reader, "read_spans",
+                        lambda q, ps: seen.append([len(p) for p in ps]) or real(q, ps))
+    staged = always.ask_many(qs, top_k=5, threshold=0.0)
+    assert seen == [[1, 1], [3, 3]]
+    assert [_spans(a) for a in staged] == [_spans(a) for a in everything]
+    # a cut every answer passes (threshold 0): only the first passage is read
+    never = _staged_qa(tiny_reader_dir, 1, 0.0)
+    first_only = never.ask_many(qs, top_k=5, threshold=0.0)
+    for a, b in zip(first_only, everything):
+        assert {c.passage_id for c in [a, *a.candidates]} == {b.passages[0].chunk.id}
+        assert len(a.passages) == 4  # the passages retrieved are all still shown
+
+
+def test_staged_reading_settings_are_checked(tiny_reader_dir):
+    from qa.errors import OptionError
+    from qa.reader import ExtractiveReader
+
+    with pytest.raises(OptionError, match="first_cut"):
+        ExtractiveReader(str(tiny_reader_dir), first_cut=1.5)
+    with pytest.raises(OptionError, match="first_passages"):
+        ExtractiveReader(str(tiny_reader_dir), first_passages=-1)

@@ -69,7 +69,8 @@ def test_reader_config_round_trips_every_key(tmp_path):
     from qa.reader import ReaderConfig
 
     raw = {"max_seq_len": 384, "doc_stride": 128, "max_answer_len": 30, "length_penalty": 0.02,
-           "top_n_per_window": 10, "batch_size": 16, "runtime": "onnx",
+           "top_n_per_window": 10, "batch_size": 16, "runtime": "onnx", "first_passages": 2,
+           "first_cut": 0.6,
            "calibration": {**ReaderConfig().calibration.to_dict(), "threshold": 0.07},
            "training": {"base": "x", "steps": 3}, "calibration_report": {"ece_answerable": 0.05}}
     (tmp_path / READER_CONFIG_FILE).write_text(json.dumps(raw))
