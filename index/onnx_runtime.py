@@ -1,0 +1,113 @@
+"""ONNX Runtime for spanqa's networks: a torch module exported once into the cache, then run
+without torch.
+
+The embedder (:mod:`index.embedder`) and the readers (:mod:`qa.onnx_backend`) use it. An
+export is written into a fresh folder and renamed into place, so a cache entry is whole or
+absent; the most recently used :data:`KEEP` entries of each kind are kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CACHE_ENV = "SPANQA_CACHE"
+KEEP = 4  # cache entries kept per kind (``onnx`` readers, ``onnx-embedders``)
+
+
+def cache_root() -> Path:
+    """Where spanqa caches what it derives from shipped files (extracted bases, rebuilt
+    weights, ONNX exports): ``$SPANQA_CACHE``, else ``~/.cache/spanqa``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "spanqa")
+
+
+def files_key(salt: str, files: list[Path]) -> str:
+    """A content hash of ``salt`` and the files that exist among ``files`` (names and bytes)."""
+    h = hashlib.sha256(salt.encode())
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:32]
+
+
+def export_entry(entry: Path, write) -> Path:
+    """Create the cache folder ``entry`` by calling ``write(tmp_folder)`` and renaming the
+    folder into place (another process that got there first wins; its entry is kept).
+    Older entries beside it beyond :data:`KEEP` are deleted."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=entry.parent))
+    try:
+        write(work)
+        shutil.rmtree(entry, ignore_errors=True)  # a broken entry the caller gave up on
+        os.replace(work, entry)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    entries = sorted((p for p in entry.parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return entry
+
+
+def export_module(module, input_names: list[str], output_names: list[str], dest: Path) -> None:
+    """Trace ``module(*inputs)`` (int64 inputs of shape batch × tokens, the last four tokens of
+    the second row padding) into the ONNX file ``dest``, batch and tokens left dynamic."""
+    import torch
+
+    example = {"input_ids": torch.full((2, 16), 5), "token_type_ids": torch.zeros(2, 16),
+               "attention_mask": torch.ones(2, 16)}
+    example["attention_mask"][1, 12:] = 0  # traced with padding, as batches have
+    args = tuple(example[n].long() for n in input_names)
+    axes = {n: {0: "batch", 1: "tokens"} for n in (*input_names, *output_names)}
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(module.eval(), args, str(dest), input_names=input_names,
+                          output_names=output_names, dynamic_axes=axes, opset_version=17,
+                          dynamo=False)
+
+
+def session_threads() -> int:
+    """As many threads as torch uses in this process (a Ray replica limits those), else one
+    per CPU this process may run on."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else len(os.sched_getaffinity(0))
+
+
+class OnnxSession:
+    """An ONNX Runtime CPU session: numpy arrays in, numpy arrays out."""
+
+    def __init__(self, file: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or session_threads()
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.file = Path(file)
+        self.session = ort.InferenceSession(str(file), so, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, outputs: list[str], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        feed = {k: np.ascontiguousarray(inputs[k], dtype=np.int64) for k in self.input_names}
+        return self.session.run(outputs, feed)
+
+
+def fast_tokenizer(folder: str | Path, input_names: list[str]):
+    """The folder's ``tokenizer.json`` as a transformers fast tokenizer producing exactly
+    ``input_names``, loaded without importing torch (``AutoTokenizer`` imports it through
+    the model configuration classes, a second of a cold start). Without a ``tokenizer.json``,
+    ``AutoTokenizer``."""
+    if not (Path(folder) / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder))
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(folder), model_input_names=list(input_names))
