@@ -16,6 +16,7 @@ embedder's name in its manifest and always loads with that embedder.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from pathlib import Path
 
@@ -201,8 +202,15 @@ class Embedder:
                 log.info("spanqa: %s is not a plain mean-pooling model; sentence-transformers "
                          "runs it", self.name)
                 return False
-            if not (entry / "encoder.json").is_file():
-                self._export(kind, where, entry)
+            if (entry / "encoder.json").is_file():
+                try:
+                    self._onnx = _open_onnx_encoder(entry)
+                    return True
+                except Exception as exc:  # noqa: BLE001 - a broken cache is exported again
+                    log.warning("spanqa: the cached ONNX embedder %s is unreadable (%s); "
+                                "exporting again", entry, str(exc).splitlines()[0] if str(exc) else exc)
+                    shutil.rmtree(entry, ignore_errors=True)
+            self._export(kind, where, entry)
             self._onnx = _open_onnx_encoder(entry)
         except ModelNotFoundError:
             raise

@@ -40,14 +40,18 @@ def files_key(salt: str, files: list[Path]) -> str:
 
 def export_entry(entry: Path, write) -> Path:
     """Create the cache folder ``entry`` by calling ``write(tmp_folder)`` and renaming the
-    folder into place (another process that got there first wins; its entry is kept).
-    Older entries beside it beyond :data:`KEEP` are deleted."""
+    folder into place; when another process got there first, its entry is kept and ours
+    dropped. (A caller that finds an entry broken deletes it before exporting again.) Older
+    entries beside it beyond :data:`KEEP` are deleted."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=entry.parent))
     try:
         write(work)
-        shutil.rmtree(entry, ignore_errors=True)  # a broken entry the caller gave up on
-        os.replace(work, entry)
+        try:
+            os.replace(work, entry)
+        except OSError:
+            if not entry.is_dir():  # not a lost race: a real failure
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     entries = sorted((p for p in entry.parent.iterdir() if p.is_dir() and not p.name.startswith(".")),

@@ -197,3 +197,26 @@ def test_an_embedder_onnx_cannot_reproduce_runs_in_sentence_transformers(tmp_pat
         v = e.embed(["a passage"])
     assert e.runtime == "torch" and v.shape == (1, 384)
     assert "not a plain mean-pooling model" in caplog.text
+
+
+def test_a_broken_embedder_cache_is_exported_again(cache, caplog):
+    from index.embedder import Embedder
+
+    want = Embedder("all-MiniLM-L6-v2").embed(["a passage"])
+    (model,) = cache.glob("onnx-embedders/*/model.onnx")
+    model.write_bytes(b"broken")
+    with caplog.at_level(logging.WARNING, logger="spanqa.embedder"):
+        e = Embedder("all-MiniLM-L6-v2")
+        got = e.embed(["a passage"])
+    assert e.runtime == "onnx" and "unreadable" in caplog.text
+    np.testing.assert_array_equal(got, want)
+
+
+def test_racing_exports_keep_one_entry(tmp_path):
+    from index.onnx_runtime import export_entry
+
+    entry = tmp_path / "kind" / "key"
+    export_entry(entry, lambda f: (f / "model.onnx").write_text("first"))
+    export_entry(entry, lambda f: (f / "model.onnx").write_text("second"))  # lost the race
+    assert (entry / "model.onnx").read_text() == "first"
+    assert [p.name for p in entry.parent.iterdir()] == ["key"]  # no temporary folder left
