@@ -146,12 +146,32 @@ def format_answer(a, color: bool) -> str:
     return "\n".join(lines)
 
 
+def _index_target(args, old, docs: list):
+    """The store ``spanqa index`` adds ``docs`` to: the one on disk, or (new, or
+    ``--rebuild``) a fresh one with the asked settings, else the old store's, holding the
+    old store's documents too. Returns ``(store, documents to add)``."""
+    from index.chunking import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
+    from index.embedder import DEFAULT_EMBEDDER, shared_embedder
+    from index.store import DocumentStore
+
+    if old is not None and not args.rebuild:
+        return old, docs
+    chunk_size = args.chunk_size if args.chunk_size is not None else (
+        old.chunk_size if old is not None else DEFAULT_CHUNK_SIZE)
+    overlap = args.overlap
+    if overlap is None:
+        overlap = min(old.overlap if old is not None else DEFAULT_OVERLAP, chunk_size // 2)
+    if overlap >= chunk_size:
+        raise SpanQAError(f"--overlap ({overlap}) must be smaller than --chunk-size ({chunk_size}).")
+    store = DocumentStore(shared_embedder(args.embedder or DEFAULT_EMBEDDER), chunk_size, overlap,
+                          args.factory or (old.factory if old is not None else "auto"))
+    return store, (list(old.documents.values()) + docs if old is not None else docs)
+
+
 def cmd_index(args) -> int:
     from pathlib import Path
 
-    from index.chunking import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
     from index.documents import load_file
-    from index.embedder import DEFAULT_EMBEDDER, shared_embedder
     from index.locking import store_lock
     from index.store import MANIFEST, DocumentStore
 
@@ -188,20 +208,7 @@ def cmd_index(args) -> int:
             raise SpanQAError(f"There is no index at {out} to remove documents from.")
         for doc_id in args.remove or []:
             old.remove(doc_id)  # in memory; an unknown id is a typed error naming what is there
-        if old is not None and not args.rebuild:
-            store = old
-        else:
-            chunk_size = chunk_size if chunk_size is not None else (
-                old.chunk_size if old is not None else DEFAULT_CHUNK_SIZE)
-            if overlap is None:
-                overlap = min(old.overlap if old is not None else DEFAULT_OVERLAP, chunk_size // 2)
-            if overlap >= chunk_size:
-                raise SpanQAError(f"--overlap ({overlap}) must be smaller than --chunk-size "
-                                  f"({chunk_size}).")
-            store = DocumentStore(shared_embedder(args.embedder or DEFAULT_EMBEDDER), chunk_size,
-                                  overlap, args.factory or (old.factory if old is not None else "auto"))
-            if old is not None:
-                docs = list(old.documents.values()) + docs
+        store, docs = _index_target(args, old, docs)
         if args.ray:
             embed = embed_on_ray(store.embedder.name)
         changed = store.add(docs, progress=True, embed=embed) if docs else []
