@@ -17,9 +17,9 @@ class EvalWorker:
     """One actor: an :class:`Evaluation` of the same config, answering the units it is sent."""
 
     def __init__(self, cfg: EvalConfig, threads: int = 1):
-        import torch
+        from index.onnx_runtime import limit_threads
 
-        torch.set_num_threads(max(1, threads))
+        limit_threads(threads)
         self.ev = Evaluation(cfg)
         self.ev.warm_up()
 

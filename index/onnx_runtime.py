@@ -77,9 +77,25 @@ def export_module(module, input_names: list[str], output_names: list[str], dest:
                           dynamo=False)
 
 
+_THREADS: int | None = None  # set by limit_threads
+
+
+def limit_threads(n: int) -> None:
+    """Use ``n`` threads for the networks of this process (a Ray replica's CPU share): ONNX
+    sessions opened from now on, torch now if it is loaded, and later if it is not."""
+    global _THREADS
+    _THREADS = max(1, int(n))
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # torch reads it when it first loads
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(_THREADS)
+
+
 def session_threads() -> int:
-    """As many threads as torch uses in this process (a Ray replica limits those), else one
-    per CPU this process may run on."""
+    """The threads an ONNX session uses: :func:`limit_threads`' number, else as many as torch
+    uses when it is loaded, else one per CPU this process may run on."""
+    if _THREADS is not None:
+        return _THREADS
     torch = sys.modules.get("torch")
     return torch.get_num_threads() if torch is not None else len(os.sched_getaffinity(0))
 

@@ -118,9 +118,9 @@ class QAService:
         from qa.retriever import DEFAULT_TOP_K
 
         if threads:
-            import torch
+            from index.onnx_runtime import limit_threads
 
-            torch.set_num_threads(threads)
+            limit_threads(threads)
         self.index, self.uploads = str(index), Path(uploads) if uploads else None
         self.passages = passages or DEFAULT_TOP_K
         self.reader = reader  # a name: DocumentQA resolves it through the shared-reader cache
@@ -263,11 +263,10 @@ def embed_on_ray(embedder: str, block: int = EMBED_BLOCK, cpus_per_worker: float
 
     class Embed:
         def __init__(self, name: str, threads: int):
-            import torch
-
             from index.embedder import shared_embedder
+            from index.onnx_runtime import limit_threads
 
-            torch.set_num_threads(threads)
+            limit_threads(threads)
             self.embedder = shared_embedder(name)
             self.embedder.warm_up()
 

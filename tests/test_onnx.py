@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -220,3 +221,19 @@ def test_racing_exports_keep_one_entry(tmp_path):
     export_entry(entry, lambda f: (f / "model.onnx").write_text("second"))  # lost the race
     assert (entry / "model.onnx").read_text() == "first"
     assert [p.name for p in entry.parent.iterdir()] == ["key"]  # no temporary folder left
+
+
+def test_limit_threads_sets_what_sessions_use(monkeypatch):
+    from index import onnx_runtime
+
+    monkeypatch.setattr(onnx_runtime, "_THREADS", None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        onnx_runtime.limit_threads(1)
+        assert onnx_runtime.session_threads() == 1 and torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)

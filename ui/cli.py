@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--replicas", type=int_option("--replicas", 1, 256), default=None,
                    help="with --ray: copies of the answering pipeline (default 2)")
     p.add_argument("--cpus-per-replica", type=cpus_option, default=None,
-                   help="with --ray: CPUs each replica reserves (and torch threads; default 1)")
+                   help="with --ray: CPUs each replica reserves (and the threads it computes with; default 1)")
     p.add_argument("--shared-dir", metavar="DIR", default=None,
                    help="with --ray: a folder every node reads and writes, for the start-up "
                         "index and visitors' uploads (default ~/.cache/spanqa/ray; on a "
