@@ -14,7 +14,6 @@ divided among them (torch threads too). Loopback only; bounded in count.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,16 +31,17 @@ def main() -> None:
     ap.add_argument("--reader", default=None)
     ap.add_argument("--no-batch", action="store_true", help="answer each /ask on its own")
     ap.add_argument("--runtime", default=None, help="torch, onnx or onnx-int8 (default: the reader's)")
+    ap.add_argument("--read-all", action="store_true", help="no staged reading")
     ap.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                     help="through a Ray Serve deployment (default: a local Ray instance)")
     ap.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--cpus", type=float, default=2.0, help="with --ray: CPUs for all replicas")
     args = ap.parse_args()
-    if args.runtime:  # every reader of this process (and of Ray workers started from it)
-        from qa.onnx_backend import check_runtime
-        from qa.reader import RUNTIME_ENV
+    from qa.cli import reader_env
+    from qa.onnx_backend import check_runtime
 
-        os.environ[RUNTIME_ENV] = check_runtime(args.runtime)
+    # every reader of this process (and of Ray workers started from it)
+    reader_env(args.runtime and check_runtime(args.runtime), args.read_all)
     if args.ray:
         return bench_ray(args)
 

@@ -87,6 +87,17 @@ def quiet_libraries() -> None:
         pass
 
 
+def reader_env(runtime: str | None, read_all: bool) -> None:
+    """``--runtime`` and ``--read-all`` for every reader this process (and its Ray workers)
+    builds: the environment variables :class:`qa.reader.ExtractiveReader` reads."""
+    from qa.reader import READ_ALL_ENV, RUNTIME_ENV
+
+    if runtime:
+        os.environ[RUNTIME_ENV] = runtime
+    if read_all:
+        os.environ[READ_ALL_ENV] = "1"
+
+
 def add_runtime_option(p: argparse.ArgumentParser) -> None:
     """``--runtime``: what runs the reader's network (every reader of the command)."""
     from qa.onnx_backend import RUNTIMES
@@ -94,6 +105,9 @@ def add_runtime_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=RUNTIMES, default=None,
                    help="what runs the reader: torch (fp32), onnx (fp32) or onnx-int8 "
                         "(default: the one the reader's folder names; see the README's table)")
+    p.add_argument("--read-all", action="store_true",
+                   help="read every retrieved passage at once (the default reader reads its "
+                        "first 2, and the rest only when it is unsure)")
 
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
@@ -408,10 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             args.rest = argv[argv.index(args.command) + 1:]
         elif rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if getattr(args, "runtime", None):  # every reader this process builds (qa.reader)
-            from qa.reader import RUNTIME_ENV
-
-            os.environ[RUNTIME_ENV] = args.runtime
+        reader_env(getattr(args, "runtime", None), getattr(args, "read_all", False))
         return int(args.func(args) or 0)
     except SpanQAError as exc:
         print(f"spanqa: error: {exc}", file=sys.stderr)

@@ -59,10 +59,11 @@ def connect(address: str | None = "auto", num_cpus: int | None = None):
     if ray.is_initialized():
         return ray
     opts = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    from qa.reader import RUNTIME_ENV
+    from qa.reader import READ_ALL_ENV, RUNTIME_ENV
 
-    if os.environ.get(RUNTIME_ENV):  # --runtime reaches the workers' readers too
-        opts["runtime_env"] = {"env_vars": {RUNTIME_ENV: os.environ[RUNTIME_ENV]}}
+    env = {k: os.environ[k] for k in (RUNTIME_ENV, READ_ALL_ENV) if os.environ.get(k)}
+    if env:  # --runtime and --read-all reach the workers' readers too
+        opts["runtime_env"] = {"env_vars": env}
     if address != "local":
         try:
             ray.init(address=address, **opts)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from index.documents import Document, document_from_text, load_file, replace_surrogates
 from index.store import DocumentStore
 from qa.errors import DocumentError, EmptyQuestionError, OptionError
-from qa.reader import RUNTIME_ENV, ExtractiveReader
+from qa.reader import READ_ALL_ENV, RUNTIME_ENV, ExtractiveReader
 from qa.retriever import DEFAULT_TOP_K, Retriever
 from qa.scoring import ReaderResult, score_spans
 from qa.types import Answer, Passage
@@ -53,13 +53,15 @@ def check_threshold(value) -> float | None:
         raise OptionError(f"threshold must be a number from 0 to 1, not {value!r}.")
     return t
 
-_READERS: dict[tuple[str, str, str], ExtractiveReader] = {}
+_READERS: dict[tuple[str, str, str, str], ExtractiveReader] = {}
 _READERS_LOCK = threading.Lock()
 
 
 def shared_reader(model: str | Path | None = "default", device: str = "cpu") -> ExtractiveReader:
-    """One reader per (model, device, ``$SPANQA_RUNTIME``) in this process."""
-    key = (str(model or "default"), device, os.environ.get(RUNTIME_ENV) or "")
+    """One reader per (model, device, ``$SPANQA_RUNTIME``, ``$SPANQA_READ_ALL``) in this
+    process."""
+    key = (str(model or "default"), device, os.environ.get(RUNTIME_ENV) or "",
+           os.environ.get(READ_ALL_ENV) or "")
     with _READERS_LOCK:
         if key not in _READERS:
             _READERS[key] = ExtractiveReader(key[0], device=device)

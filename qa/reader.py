@@ -36,6 +36,7 @@ DEFAULT_READER_DIR = MODELS_DIR / "reader"
 BUNDLED_READERS = {"default": DEFAULT_READER_DIR, "fast": MODELS_DIR / "reader-fast"}
 READER_CONFIG_FILE = "spanqa_reader.json"
 RUNTIME_ENV = "SPANQA_RUNTIME"  # overrides every reader's runtime in this process (--runtime)
+READ_ALL_ENV = "SPANQA_READ_ALL"  # "1": no staged reading in this process (--read-all)
 
 
 @dataclass
@@ -142,6 +143,8 @@ class ExtractiveReader:
         self._explicit_config = config
         if overrides.get("runtime") is None and os.environ.get(RUNTIME_ENV):
             overrides["runtime"] = os.environ[RUNTIME_ENV]
+        if overrides.get("first_passages") is None and os.environ.get(READ_ALL_ENV) == "1":
+            overrides["first_passages"] = 0
         ReaderConfig().with_overrides(**overrides)  # unknown or bad settings fail here, not later
         self._overrides = overrides
         self.config: ReaderConfig | None = config

@@ -104,3 +104,22 @@ def test_staged_reading_settings_are_checked(tiny_reader_dir):
         ExtractiveReader(str(tiny_reader_dir), first_cut=1.5)
     with pytest.raises(OptionError, match="first_passages"):
         ExtractiveReader(str(tiny_reader_dir), first_passages=-1)
+
+
+def test_read_all_turns_staged_reading_off(tiny_reader_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from qa.cli import reader_env
+    from qa.reader import READ_ALL_ENV, ExtractiveReader, ReaderConfig
+
+    folder = tmp_path / "staged"
+    shutil.copytree(tiny_reader_dir, folder)
+    ReaderConfig(first_passages=2, first_cut=0.5).save(folder)
+    monkeypatch.setenv(READ_ALL_ENV, "0")  # recorded, so the teardown restores what was there
+    r = ExtractiveReader(str(folder))
+    r.warm_up()
+    assert (r.config.first_passages, r.config.first_cut) == (2, 0.5)
+    reader_env(None, True)  # what `spanqa ask --read-all` does
+    r = ExtractiveReader(str(folder))
+    r.warm_up()
+    assert r.config.first_passages == 0
