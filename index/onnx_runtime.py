@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,10 @@ def export_module(module, input_names: list[str], output_names: list[str], dest:
     example["attention_mask"][1, 12:] = 0  # traced with padding, as batches have
     args = tuple(example[n].long() for n in input_names)
     axes = {n: {0: "batch", 1: "tokens"} for n in (*input_names, *output_names)}
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # the tracer's warnings about Python branches on shapes: the export is checked
+        # against torch by the tests (tests/test_onnx.py), not worth a user's screen
+        warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), args, str(dest), input_names=input_names,
                           output_names=output_names, dynamic_axes=axes, opset_version=17,
                           dynamo=False)
