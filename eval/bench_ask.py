@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qa.cli import reader_env
-from qa.onnx_backend import RUNTIMES
+from qa.cli import add_runtime_option, reader_env
 from qa.retriever import DEFAULT_TOP_K
 
 QUESTIONS = Path(__file__).resolve().parent / "questions" / "us_weapons_in_russia.json"
@@ -167,9 +166,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--passages", type=int, default=DEFAULT_TOP_K)
     ap.add_argument("--cold-runs", type=int, default=3)
-    ap.add_argument("--runtime", choices=RUNTIMES, default=None,
-                    help="what runs the readers (default: each reader folder's own)")
-    ap.add_argument("--read-all", action="store_true", help="no staged reading")
+    add_runtime_option(ap)
     args = ap.parse_args()
     reader_env(args.runtime, args.read_all)  # this process and the cold-start ones
     from index.onnx_runtime import session_threads

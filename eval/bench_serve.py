@@ -9,7 +9,7 @@ through the named ``/ask`` endpoint. Prints throughput and per-question latency 
 see it (queueing included). ``/ask`` goes through the batcher ``spanqa serve`` uses
 (``qa/batcher.py``) unless ``--no-batch``. With ``--ray``, the page is ``spanqa serve --ray``'s
 (``ui.app.serve_ray``) for each ``--replicas`` count in turn, each replica given ``--cpus``
-divided among them (torch threads too). Loopback only; bounded in count.
+divided among them (their threads too). Loopback only; bounded in count.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from eval.bench_ask import QUESTIONS
+from qa.cli import add_runtime_option, reader_env
 
 
 def main() -> None:
@@ -30,18 +31,13 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--reader", default=None)
     ap.add_argument("--no-batch", action="store_true", help="answer each /ask on its own")
-    ap.add_argument("--runtime", default=None, help="torch, onnx or onnx-int8 (default: the reader's)")
-    ap.add_argument("--read-all", action="store_true", help="no staged reading")
+    add_runtime_option(ap)
     ap.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                     help="through a Ray Serve deployment (default: a local Ray instance)")
     ap.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--cpus", type=float, default=2.0, help="with --ray: CPUs for all replicas")
     args = ap.parse_args()
-    from qa.cli import reader_env
-    from qa.onnx_backend import check_runtime
-
-    # every reader of this process (and of Ray workers started from it)
-    reader_env(args.runtime and check_runtime(args.runtime), args.read_all)
+    reader_env(args.runtime, args.read_all)  # this process and Ray workers started from it
     if args.ray:
         return bench_ray(args)
 

@@ -16,7 +16,6 @@ embedder's name in its manifest and always loads with that embedder.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from pathlib import Path
 
@@ -54,18 +53,25 @@ def base_path(name: str) -> str:
     return default_embedder_path()
 
 
+def _encoder_meta(folder) -> dict:
+    import json
+
+    try:
+        return json.loads((Path(folder) / EMBEDDER_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"The embedder in {folder} is unreadable: {exc}") from None
+
+
 def load_encoder_over_base(folder: Path, device: str = "cpu"):
     """A SentenceTransformer: the base named in ``folder/spanqa_embedder.json`` with the
     fine-tuned tensors of ``folder/encoder.safetensors`` put in place of its own. Every tensor
     the file lacks must be one the config lists as kept at the base."""
-    import json
-
     import torch
     from safetensors.torch import load_file
     from sentence_transformers import SentenceTransformer
 
+    meta = _encoder_meta(folder)
     try:
-        meta = json.loads((folder / EMBEDDER_CONFIG_FILE).read_text(encoding="utf-8"))
         if meta.get("format") != ENCODER_FORMAT or meta.get("version") != 1:
             raise ValueError(f"format {meta.get('format')!r} v{meta.get('version')} is not "
                              f"{ENCODER_FORMAT} v1")
@@ -131,7 +137,7 @@ class Embedder:
         self.device = device
         self.runtime = runtime  # after warm_up: the one that runs
         self._model = None  # the SentenceTransformer, when it runs
-        self._onnx = None  # (session, tokenizer, max_seq_length), when ONNX Runtime runs
+        self._onnx = None  # the _OnnxEncoder, when ONNX Runtime runs
         self._lock = threading.Lock()  # loading
         self._use_lock = threading.Lock()  # encoding
 
@@ -196,27 +202,21 @@ class Embedder:
         return cache_root() / ONNX_EMBEDDERS_DIR / files_key("embedder:1", files)
 
     def _start_onnx(self, kind: str, where) -> bool:
+        from index.onnx_runtime import first_line, open_cached
+
         try:
             entry = self._onnx_entry(kind, where)
             if entry is None:
                 log.info("spanqa: %s is not a plain mean-pooling model; sentence-transformers "
                          "runs it", self.name)
                 return False
-            if (entry / "encoder.json").is_file():
-                try:
-                    self._onnx = _open_onnx_encoder(entry)
-                    return True
-                except Exception as exc:  # noqa: BLE001 - a broken cache is exported again
-                    log.warning("spanqa: the cached ONNX embedder %s is unreadable (%s); "
-                                "exporting again", entry, str(exc).splitlines()[0] if str(exc) else exc)
-                    shutil.rmtree(entry, ignore_errors=True)
-            self._export(kind, where, entry)
-            self._onnx = _open_onnx_encoder(entry)
+            self._onnx = open_cached(entry, "encoder.json", _open_onnx_encoder,
+                                     lambda e: self._export(kind, where, e))
         except ModelNotFoundError:
             raise
         except Exception as exc:  # noqa: BLE001 - any ONNX failure: sentence-transformers runs
             log.warning("spanqa: the ONNX embedder is unavailable (%s: %s); sentence-transformers "
-                        "runs it", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                        "runs it", type(exc).__name__, first_line(exc))
             return False
         return True
 
@@ -225,12 +225,11 @@ class Embedder:
 
         import torch
 
-        from index.onnx_runtime import export_entry, export_module
+        from index.onnx_runtime import export_entry, export_module, model_input_names
 
         st = self._load_sentence_transformer(kind, where)
         tok = st.tokenizer
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
-                 if n in tok.model_input_names]
+        names = model_input_names(tok)
 
         class Tokens(torch.nn.Module):  # the Transformer module's token embeddings
             def __init__(self, m):
@@ -298,15 +297,6 @@ class Embedder:
         return np.ascontiguousarray(np.vstack(out), dtype=np.float32)
 
 
-def _encoder_meta(folder) -> dict:
-    import json
-
-    try:
-        return json.loads((Path(folder) / EMBEDDER_CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"The embedder in {folder} is unreadable: {exc}") from None
-
-
 class _OnnxEncoder:
     """Transformer → mean pooling over real tokens → L2 normalisation, as sentence-transformers
     computes it, with the Transformer in ONNX Runtime."""
@@ -331,13 +321,11 @@ class _OnnxEncoder:
 
 def _open_onnx_encoder(entry: Path) -> _OnnxEncoder:
     import json
-    import os
 
     from index.onnx_runtime import OnnxSession, fast_tokenizer
 
     meta = json.loads((entry / "encoder.json").read_text(encoding="utf-8"))
     session = OnnxSession(entry / "model.onnx")
-    os.utime(entry)  # recently used: kept when older exports are pruned
     return _OnnxEncoder(session, fast_tokenizer(entry, meta["input_names"]),
                         int(meta["max_seq_length"]), int(meta["dimension"]))
 

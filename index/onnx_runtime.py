@@ -8,6 +8,7 @@ absent; the most recently used :data:`KEEP` entries of each kind are kept.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import sys
@@ -16,6 +17,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("spanqa.onnx")
 
 CACHE_ENV = "SPANQA_CACHE"
 KEEP = 4  # cache entries kept per kind (``onnx`` readers, ``onnx-embedders``)
@@ -60,6 +63,35 @@ def export_entry(entry: Path, write) -> Path:
     for old in entries[KEEP:]:
         shutil.rmtree(old, ignore_errors=True)
     return entry
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first message line, for one-line log messages."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_cached(entry: Path, ready: str, open_entry, export):
+    """``open_entry(entry)`` for the cache folder ``entry`` when its file ``ready`` is there
+    (marking it recently used); an entry that will not open is deleted with a log line. On a
+    miss, ``export(entry)`` first. What ``export`` raises reaches the caller."""
+    if (entry / ready).is_file():
+        try:
+            opened = open_entry(entry)
+            os.utime(entry)  # recently used: kept when older entries are pruned
+            return opened
+        except Exception as exc:  # noqa: BLE001 - a broken cache is exported again, never fatal
+            log.warning("spanqa: the cached ONNX export %s is unreadable (%s); exporting again",
+                        entry, first_line(exc))
+            shutil.rmtree(entry, ignore_errors=True)
+    export(entry)
+    return open_entry(entry)
+
+
+def model_input_names(tokenizer) -> list[str]:
+    """The inputs a tokenizer gives its model, in the order the exports take them."""
+    return [n for n in ("input_ids", "attention_mask", "token_type_ids")
+            if n in tokenizer.model_input_names]
 
 
 def export_module(module, input_names: list[str], output_names: list[str], dest: Path) -> None:
@@ -107,11 +139,11 @@ def session_threads() -> int:
 class OnnxSession:
     """An ONNX Runtime CPU session: numpy arrays in, numpy arrays out."""
 
-    def __init__(self, file: str | Path, threads: int | None = None):
+    def __init__(self, file: str | Path):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or session_threads()
+        so.intra_op_num_threads = session_threads()
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.file = Path(file)
@@ -126,7 +158,7 @@ class OnnxSession:
 def fast_tokenizer(folder: str | Path, input_names: list[str]):
     """The folder's ``tokenizer.json`` as a transformers fast tokenizer producing exactly
     ``input_names``, loaded without importing torch (``AutoTokenizer`` imports it through
-    the model configuration classes, a second of a cold start). Without a ``tokenizer.json``,
+    the model configuration classes, a large part of a cold start). Without a ``tokenizer.json``,
     ``AutoTokenizer``."""
     if not (Path(folder) / "tokenizer.json").is_file():
         from transformers import AutoTokenizer

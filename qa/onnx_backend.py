@@ -12,8 +12,8 @@ Runtimes (``--runtime``, the reader setting ``runtime`` in ``spanqa_reader.json`
 - ``onnx-int8``: int8 weights for the query, key, value and feed-forward up-projection
   matrices; the two output projections of each layer (attention's ``attn/o`` or
   ``attention/output/dense``, and the feed-forward ``output/dense``) stay fp32: their inputs
-  have outliers that per-tensor int8 activations clip. Quantising everything cost the 12-layer
-  reader 3 F1 points on 200 dev questions; this recipe measured none (the README's table).
+  have outliers that per-tensor int8 activations clip; quantising them too costs the 12-layer
+  reader far more F1 (the README's runtime table has the figures).
 
 The export happens on first use (seconds) into ``<cache_root>/onnx/<key>/model.onnx``, keyed by
 the model folder's weights and config, the runtime and :data:`EXPORT_VERSION`, so a changed
@@ -25,14 +25,12 @@ falls back to torch with a log line.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from index.onnx_runtime import OnnxSession, cache_root, export_entry, export_module, files_key
+from index.onnx_runtime import OnnxSession, cache_root, export_entry, export_module, files_key, open_cached
 
 log = logging.getLogger("spanqa.onnx")
 
@@ -113,23 +111,16 @@ class OnnxReaderModel(OnnxSession):
         return start.astype(np.float32, copy=False), end.astype(np.float32, copy=False)
 
 
-def open_runtime(model_dir: str | Path, runtime: str, load_torch,
-                 threads: int | None = None) -> OnnxReaderModel:
+def open_runtime(model_dir: str | Path, runtime: str, load_torch) -> OnnxReaderModel:
     """The ONNX session for this model folder and runtime: from the cache, or exported from
     ``load_torch()`` (``(model, input names)``, called only on a miss) and cached. A cached
     file that will not open is exported again. Raises whatever the export raises; the reader
     falls back to torch."""
     dest = cached_export(model_dir, runtime)
-    if dest.is_file():
-        try:
-            model = OnnxReaderModel(dest, threads)
-            os.utime(dest.parent)  # recently used: kept when older exports are pruned
-            return model
-        except Exception as exc:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
-            log.warning("spanqa: the cached ONNX reader %s is unreadable (%s); exporting again",
-                        dest, str(exc).splitlines()[0] if str(exc) else exc)
-            shutil.rmtree(dest.parent, ignore_errors=True)
-    log.info("spanqa: exporting the reader to ONNX (%s), once", runtime)
-    model, input_names = load_torch()
-    export(model, input_names, dest, int8=runtime == "onnx-int8")
-    return OnnxReaderModel(dest, threads)
+
+    def export_it(entry: Path) -> None:
+        log.info("spanqa: exporting the reader to ONNX (%s), once", runtime)
+        model, input_names = load_torch()
+        export(model, input_names, entry / dest.name, int8=runtime == "onnx-int8")
+
+    return open_cached(dest.parent, dest.name, lambda e: OnnxReaderModel(e / dest.name), export_it)

@@ -230,6 +230,7 @@ class ExtractiveReader:
     def _start_onnx(self, path: str) -> bool:
         """Read with ONNX Runtime (exporting on first use); False, after a log line, when it
         cannot (then torch reads)."""
+        from index.onnx_runtime import first_line, model_input_names
         from qa.onnx_backend import open_runtime
 
         runtime = self.config.runtime
@@ -242,8 +243,7 @@ class ExtractiveReader:
                 self.tokenizer = self._load_tokenizer(path)
             if self.model is None:
                 self.model = self._load_torch(path)
-            return self.model, [n for n in ("input_ids", "attention_mask", "token_type_ids")
-                                if n in self.tokenizer.model_input_names]
+            return self.model, model_input_names(self.tokenizer)
 
         try:
             session = open_runtime(path, runtime, load_torch)
@@ -251,7 +251,7 @@ class ExtractiveReader:
             raise
         except Exception as exc:  # noqa: BLE001 - any runtime failure: read with torch
             log.warning("spanqa: the %s runtime is unavailable (%s: %s); reading with torch",
-                        runtime, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                        runtime, type(exc).__name__, first_line(exc))
             return False
         if self.tokenizer is None:
             self.tokenizer = self._load_tokenizer(path, session.input_names)
