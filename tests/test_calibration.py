@@ -184,3 +184,48 @@ def test_threshold_meets_the_wrong_document_goal_then_spends_the_f1_budget_on_re
     # the wrong-document goal wins over the budget when it alone costs more
     assert choose_threshold(lambda t: {"wrong_document": {"abstain_rate": t},
                                        "answerable": {"f1": 80 - 10 * t}}, grid, 0.9, 1.0) == 0.9
+
+
+def _rows_of(title, rng, shift=0.0):
+    """Hand-made calibration rows of one article: answerable cases have a high logit when
+    right, unanswerable and wrong-document ones lower logits (plus ``shift``)."""
+    rows = []
+    for i in range(60):
+        right = i % 3 != 0
+        logit = (8.0 if right else 4.0) + rng.normal()
+        rows.append({"kind": "answerable", "title": title, "spans": [
+            {"logit": logit, "null": 0.0, "relevance": 0.6, "em": float(right), "f1": float(right)}]})
+        rows.append({"kind": "unanswerable", "title": title, "spans": [
+            {"logit": 3.0 + shift + rng.normal(), "null": 0.0, "relevance": 0.6, "em": 0.0, "f1": 0.0}]})
+        rows.append({"kind": "wrong_document", "title": title, "spans": [
+            {"logit": 2.0 + rng.normal(), "null": 0.0, "relevance": 0.1, "em": 0.0, "f1": 0.0}]})
+    return rows
+
+
+def test_cross_fitted_figures_never_judge_an_article_by_its_own_fit():
+    from argparse import Namespace
+
+    from qa.training.calibrate import cross_fitted_figures, fit_calibration
+
+    rng = np.random.default_rng(1)
+    # article C's unanswerable questions look like right answers: a fit that saw them would
+    # learn a higher threshold, one that did not refuses fewer of them
+    rows = _rows_of("A", rng) + _rows_of("B", rng) + _rows_of("C", rng, shift=5.0)
+    args = Namespace(wrong_doc_target=0.95, max_f1_cost=2.0)
+    seen = []
+
+    def fit(rs):
+        seen.append({r["title"] for r in rs})
+        return fit_calibration(rs, True, "e", span_relevance=True)
+
+    cross = cross_fitted_figures(rows, fit, args)
+    assert seen == [{"B", "C"}, {"A", "C"}, {"A", "B"}]  # each fit lacks the article it judges
+    assert cross["articles"] == 3
+    assert cross["unanswerable"]["n"] == cross["answerable"]["n"] == 180
+    assert 0.0 <= cross["unanswerable"]["abstain_rate"] <= 1.0
+    assert cross["wrong_document"]["abstain_rate"] > 0.9
+    assert abs(cross["f1_cost"] - (cross["answerable"]["f1_never_abstain"]
+                                   - cross["answerable"]["f1"])) < 1e-9
+    # rows without titles (saved by older versions) have no cross-fitted figures
+    assert cross_fitted_figures([dict(r, title="") for r in rows], fit, args) is None
+    assert cross_fitted_figures([r for r in rows if r["title"] == "A"], fit, args) is None

@@ -93,3 +93,25 @@ def test_the_article_question_set_is_valid():
     for q in qs:
         for text, start in q.answers:
             assert q.context[start:start + len(text)] == text
+
+
+def test_holdout_set_keeps_every_paragraph_of_the_held_out_articles(tmp_path):
+    from eval.holdout_set import main as holdout_main
+
+    arts = [{"title": f"A{i}", "paragraphs": [
+        {"context": f"Paragraph {j} of article {i}.", "qas": [
+            {"id": f"{i}-{j}-{k}", "question": f"Q {i} {j} {k}?", "is_impossible": False,
+             "answers": [{"text": "article", "answer_start": 15}]} for k in range(3)]}
+        for j in range(4)]} for i in range(41)]  # articles 0, 20 and 40 are held out
+    src = tmp_path / "squad_train_v1.1.json"
+    src.write_text(json.dumps({"data": arts}))
+    out = tmp_path / "ho.json"
+    assert holdout_main(["--source", str(src), "--out", str(out), "--questions", "10"]) == 0
+    data = json.loads(out.read_text())["data"]
+    assert {a["title"] for a in data} <= {"A0", "A20", "A40"}
+    assert all(len(a["paragraphs"]) == 4 for a in data)  # the whole article is searched
+    ids = [q["id"] for a in data for p in a["paragraphs"] for q in p["qas"]]
+    assert len(ids) == len(set(ids)) == 10
+    again = tmp_path / "again.json"
+    holdout_main(["--source", str(src), "--out", str(again), "--questions", "10"])
+    assert again.read_text() == out.read_text()  # seeded

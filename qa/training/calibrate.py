@@ -20,7 +20,9 @@ then raised while answerable F1 costs at most ``--max-f1-cost`` (default 2 point
 budget issue 15 sets), refusing as many on-topic unanswerable questions as that budget
 allows (:func:`choose_threshold`).
 All of it is written into the model folder's ``spanqa_reader.json``, with the figures, so
-the folder stays self-describing.
+the folder stays self-describing. The figures there are in-sample (fitted and measured on the
+same rows); ``cross_fitted`` gives them with every article judged by a calibration and
+threshold fitted on the other articles alone (:func:`cross_fitted_figures`).
 
 ``--length-penalties 0 0.05 0.1 ...`` first picks the decoding length penalty (see
 :mod:`qa.decoding`) with the best F1 on the answerable held-out questions read with their
@@ -77,6 +79,7 @@ class CalibrationCase(NamedTuple):
     passages: list[str]
     golds: list[str]  # empty unless answerable
     relevance: list[float]  # each passage's similarity to the question, as the retriever reports
+    title: str = ""  # the question's article: the unit the cross-fitted figures hold out
 
 
 def build_cases(articles: list[SquadArticle], embedder, rng: random.Random,
@@ -97,14 +100,14 @@ def build_cases(articles: list[SquadArticle], embedder, rng: random.Random,
         picked = [q.paragraph] + [i for i in np.argsort(-sims) if i != q.paragraph][:2]
         cases.append(CalibrationCase("unanswerable" if q.is_impossible else "answerable",
                                      q.question, [art.paragraphs[i] for i in picked],
-                                     q.gold_texts, [float(sims[i]) for i in picked]))
+                                     q.gold_texts, [float(sims[i]) for i in picked], q.title))
         if not q.is_impossible and len(articles) > 1:
             other = rng.choice([a for a in articles if a.title != q.title])
             o_sims = para_vecs[other.title] @ v
             top = np.argsort(-o_sims)[:3]
             cases.append(CalibrationCase("wrong_document", q.question,
                                          [other.paragraphs[i] for i in top], [],
-                                         [float(o_sims[i]) for i in top]))
+                                         [float(o_sims[i]) for i in top], q.title))
     return cases
 
 
@@ -133,13 +136,13 @@ def build_retrieved_cases(articles: list[SquadArticle], embedder, rng: random.Ra
             for q, ps in zip(mine, retrievers[title].retrieve_many([q.question for q in mine])):
                 cases.append(CalibrationCase(
                     "unanswerable" if q.is_impossible else "answerable", q.question,
-                    [p.chunk.text for p in ps], q.gold_texts, [p.score for p in ps]))
+                    [p.chunk.text for p in ps], q.gold_texts, [p.score for p in ps], q.title))
                 if not q.is_impossible and len(articles) > 1:
                     other = rng.choice([a.title for a in articles if a.title != title])
                     ops = retrievers[other].retrieve(q.question)
                     cases.append(CalibrationCase("wrong_document", q.question,
                                                  [p.chunk.text for p in ops], [],
-                                                 [p.score for p in ops]))
+                                                 [p.score for p in ops], q.title))
     return cases
 
 
@@ -269,7 +272,7 @@ def read_cases(cases: list[CalibrationCase], reader) -> list[dict]:
                 em, f1 = score(s.text, case.golds) if case.golds else (0.0, 0.0)
                 spans.append({"logit": s.logit, "null": s.null_logit,
                               "relevance": case.relevance[s.passage], "em": em, "f1": f1})
-            rows.append({"kind": case.kind, "spans": spans})
+            rows.append({"kind": case.kind, "title": case.title, "spans": spans})
     return rows
 
 
@@ -350,20 +353,34 @@ def read_rows(args, ap) -> tuple[list[dict], float | None, dict | None]:
     return read_cases(cases, reader), chosen_lp, lp_table
 
 
-def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
-    """Score every row's spans with ``cal``, choose the threshold (set on ``cal``), and the
-    held-out figures: ECE, abstention per kind, F1 cost, the curve."""
-    for r in rows:  # the answer users get: the span with the highest confidence
+def score_rows(rows: list[dict], cal: Calibration) -> None:
+    """Give every span of every row its confidence under ``cal``, and each row the span users
+    would get (the most confident): its ``conf``, ``em`` and ``f1``."""
+    for r in rows:
         for s in r["spans"]:
             s["conf"] = cal.confidence(s["logit"], s["null"], s["relevance"])
         best = max(r["spans"], key=lambda s: s["conf"], default=None)
         r.update(conf=best["conf"] if best else 0.0, em=best["em"] if best else 0.0,
                  f1=best["f1"] if best else 0.0)
+
+
+THRESHOLD_GRID = [round(x, 3) for x in np.arange(0.0, 1.0, 0.005)]
+
+
+def set_threshold(rows: list[dict], cal: Calibration, args) -> dict[str, list[dict]]:
+    """Score ``rows`` with ``cal``, choose its threshold on them (set on ``cal``); the rows by kind."""
+    score_rows(rows, cal)
     by_kind = {k: [r for r in rows if r["kind"] == k] for k in KINDS}
-    ans = by_kind["answerable"]
-    grid = [round(x, 3) for x in np.arange(0.0, 1.0, 0.005)]
-    cal.threshold = choose_threshold(lambda t: figures_at(by_kind, t), grid,
+    cal.threshold = choose_threshold(lambda t: figures_at(by_kind, t), THRESHOLD_GRID,
                                      args.wrong_doc_target, args.max_f1_cost)
+    return by_kind
+
+
+def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
+    """Score every row's spans with ``cal``, choose the threshold (set on ``cal``), and the
+    held-out figures: ECE, abstention per kind, F1 cost, the curve."""
+    by_kind = set_threshold(rows, cal, args)
+    ans = by_kind["answerable"]
     never, final = figures_at(by_kind, 0.0), figures_at(by_kind, cal.threshold)
     return {"cases": len(rows), "case_kind": args.cases,
             "passages": args.passages if args.cases == "retrieved" else 3,
@@ -376,7 +393,41 @@ def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
             "f1_cost": never["answerable"]["f1"] - final["answerable"]["f1"],
             "curve": [{"threshold": t, **{k: v["abstain_rate"] for k, v in a.items()},
                        "answerable_f1": a["answerable"]["f1"]}
-                      for t, a in ((t, figures_at(by_kind, t)) for t in grid[::4])]}
+                      for t, a in ((t, figures_at(by_kind, t)) for t in THRESHOLD_GRID[::4])]}
+
+
+def cross_fitted_figures(rows: list[dict], fit, args) -> dict | None:
+    """The same figures with no row judged by a calibration fitted on its own article: for each
+    article, ``fit`` (rows -> Calibration) and the threshold rule run on the other articles'
+    rows, and that article's rows are scored with the result. None when the rows do not name
+    at least two articles (rows saved before they carried titles)."""
+    titles = sorted({r.get("title") or "" for r in rows})
+    if len(titles) < 2 or "" in titles:
+        return None
+    judged = []
+    for title in titles:
+        train = [json.loads(json.dumps(r)) for r in rows if r["title"] != title]
+        test = [json.loads(json.dumps(r)) for r in rows if r["title"] == title]
+        cal = fit(train)
+        set_threshold(train, cal, args)
+        score_rows(test, cal)
+        judged += [dict(r, threshold=cal.threshold) for r in test]
+    out = {"articles": len(titles)}
+    for kind in KINDS:
+        rs = [r for r in judged if r["kind"] == kind]
+        if not rs:
+            continue
+        refused = [r["conf"] < r["threshold"] for r in rs]
+        out[kind] = {"n": len(rs), "abstain_rate": float(np.mean(refused))}
+        if kind == "answerable":
+            out[kind]["f1_never_abstain"] = 100 * float(np.mean([r["f1"] for r in rs]))
+            out[kind]["f1"] = 100 * float(np.mean([0.0 if a else r["f1"]
+                                                   for r, a in zip(rs, refused)]))
+            out[kind]["ece"] = expected_calibration_error([r["conf"] for r in rs],
+                                                          [r["em"] == 1.0 for r in rs])
+    if "answerable" in out:
+        out["f1_cost"] = out["answerable"]["f1_never_abstain"] - out["answerable"]["f1"]
+    return out
 
 
 def save_calibration(args, cal: Calibration, report: dict, chosen_lp, lp_table) -> None:
@@ -394,7 +445,7 @@ def save_calibration(args, cal: Calibration, report: dict, chosen_lp, lp_table) 
                                        ("data", "titles", "cases", "case_kind", "passages",
                                         "embedder", "ece_answerable", "ece_all", "relevance",
                                         "never_abstain", "at_threshold", "f1_cost",
-                                        "length_penalty_table") if k in report}
+                                        "cross_fitted", "length_penalty_table") if k in report}
     cfg.save(args.reader)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
@@ -415,15 +466,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_rows:
         Path(args.save_rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
     embedder = args.embedder or DEFAULT_EMBEDDER
-    cal = fit_calibration(rows, not args.no_relevance, embedder,
-                          span_relevance=args.cases == "retrieved")
+
+    def fit(rs):
+        return fit_calibration(rs, not args.no_relevance, embedder,
+                               span_relevance=args.cases == "retrieved")
+
+    cross = cross_fitted_figures(rows, fit, args)
+    cal = fit(rows)
     figures = evaluate_calibration(rows, cal, args)
+    if cross:
+        figures["cross_fitted"] = cross
     report = {"data": Path(args.data).name if args.data else args.from_rows,
               "titles": args.titles, **{k: figures.pop(k) for k in ("cases", "case_kind", "passages")},
               "embedder": embedder, **figures}
     save_calibration(args, cal, report, chosen_lp, lp_table)
     print(json.dumps({k: report[k] for k in ("cases", "ece_answerable", "ece_all", "calibration",
-                                             "never_abstain", "at_threshold", "f1_cost")}, indent=2))
+                                             "never_abstain", "at_threshold", "f1_cost",
+                                             "cross_fitted") if k in report}, indent=2))
     return 0
 
 
