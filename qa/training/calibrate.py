@@ -367,21 +367,25 @@ def score_rows(rows: list[dict], cal: Calibration) -> None:
 THRESHOLD_GRID = [round(x, 3) for x in np.arange(0.0, 1.0, 0.005)]
 
 
+def rows_by_kind(rows: list[dict]) -> dict[str, list[dict]]:
+    return {k: [r for r in rows if r["kind"] == k] for k in KINDS}
+
+
 def set_threshold(rows: list[dict], cal: Calibration, args) -> dict[str, list[dict]]:
     """Score ``rows`` with ``cal``, choose its threshold on them (set on ``cal``); the rows by kind."""
     score_rows(rows, cal)
-    by_kind = {k: [r for r in rows if r["kind"] == k] for k in KINDS}
-    cal.threshold = choose_threshold(lambda t: figures_at(by_kind, t), THRESHOLD_GRID,
+    kinds = rows_by_kind(rows)
+    cal.threshold = choose_threshold(lambda t: figures_at(kinds, t), THRESHOLD_GRID,
                                      args.wrong_doc_target, args.max_f1_cost)
-    return by_kind
+    return kinds
 
 
 def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
     """Score every row's spans with ``cal``, choose the threshold (set on ``cal``), and the
     held-out figures: ECE, abstention per kind, F1 cost, the curve."""
-    by_kind = set_threshold(rows, cal, args)
-    ans = by_kind["answerable"]
-    never, final = figures_at(by_kind, 0.0), figures_at(by_kind, cal.threshold)
+    kinds = set_threshold(rows, cal, args)
+    ans = kinds["answerable"]
+    never, final = figures_at(kinds, 0.0), figures_at(kinds, cal.threshold)
     return {"cases": len(rows), "case_kind": args.cases,
             "passages": args.passages if args.cases == "retrieved" else 3,
             "ece_answerable": expected_calibration_error([r["conf"] for r in ans],
@@ -393,39 +397,42 @@ def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
             "f1_cost": never["answerable"]["f1"] - final["answerable"]["f1"],
             "curve": [{"threshold": t, **{k: v["abstain_rate"] for k, v in a.items()},
                        "answerable_f1": a["answerable"]["f1"]}
-                      for t, a in ((t, figures_at(by_kind, t)) for t in THRESHOLD_GRID[::4])]}
+                      for t, a in ((t, figures_at(kinds, t)) for t in THRESHOLD_GRID[::4])]}
 
 
 def cross_fitted_figures(rows: list[dict], fit, args) -> dict | None:
     """The same figures with no row judged by a calibration fitted on its own article: for each
     article, ``fit`` (rows -> Calibration) and the threshold rule run on the other articles'
-    rows, and that article's rows are scored with the result. None when the rows do not name
-    at least two articles (rows saved before they carried titles)."""
+    rows, and that article's rows are scored with the result (:func:`figures_at` at that
+    threshold, summed over the articles by count). None when the rows do not name at least two
+    articles (rows saved before they carried titles). Scores ``rows`` in place."""
     titles = sorted({r.get("title") or "" for r in rows})
     if len(titles) < 2 or "" in titles:
         return None
-    judged = []
+    sums: dict[str, dict[str, float]] = {}
+    conf, right = [], []  # the answerable rows' confidences, for ECE over all articles
     for title in titles:
-        train = [json.loads(json.dumps(r)) for r in rows if r["title"] != title]
-        test = [json.loads(json.dumps(r)) for r in rows if r["title"] == title]
+        train = [r for r in rows if r["title"] != title]
         cal = fit(train)
         set_threshold(train, cal, args)
+        test = [r for r in rows if r["title"] == title]
         score_rows(test, cal)
-        judged += [dict(r, threshold=cal.threshold) for r in test]
+        kinds = rows_by_kind(test)
+        at, never = figures_at(kinds, cal.threshold), figures_at(kinds, 0.0)
+        if "answerable" in at:
+            at["answerable"]["f1_never_abstain"] = never["answerable"]["f1"]
+            conf += [r["conf"] for r in kinds["answerable"]]
+            right += [r["em"] == 1.0 for r in kinds["answerable"]]
+        for kind, figs in at.items():
+            acc = sums.setdefault(kind, {})
+            for key, value in figs.items():
+                acc[key] = acc.get(key, 0.0) + (value if key == "n" else value * figs["n"])
     out = {"articles": len(titles)}
-    for kind in KINDS:
-        rs = [r for r in judged if r["kind"] == kind]
-        if not rs:
-            continue
-        refused = [r["conf"] < r["threshold"] for r in rs]
-        out[kind] = {"n": len(rs), "abstain_rate": float(np.mean(refused))}
-        if kind == "answerable":
-            out[kind]["f1_never_abstain"] = 100 * float(np.mean([r["f1"] for r in rs]))
-            out[kind]["f1"] = 100 * float(np.mean([0.0 if a else r["f1"]
-                                                   for r, a in zip(rs, refused)]))
-            out[kind]["ece"] = expected_calibration_error([r["conf"] for r in rs],
-                                                          [r["em"] == 1.0 for r in rs])
+    for kind, acc in sums.items():
+        n = acc["n"]
+        out[kind] = {key: (int(v) if key == "n" else v / n) for key, v in acc.items()}
     if "answerable" in out:
+        out["answerable"]["ece"] = expected_calibration_error(conf, right)
         out["f1_cost"] = out["answerable"]["f1_never_abstain"] - out["answerable"]["f1"]
     return out
 
