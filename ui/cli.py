@@ -52,7 +52,6 @@ def check_address(host: str, port: int) -> None:
 
 def run(args) -> int:
     from qa.errors import SpanQAError
-    from ui.app import serve
 
     given = [o for o, v in (("--replicas", args.replicas), ("--cpus-per-replica", args.cpus_per_replica),
                             ("--shared-dir", args.shared_dir)) if v is not None]
@@ -84,6 +83,8 @@ def run(args) -> int:
                   cpus_per_replica=args.cpus_per_replica or 1.0, host=args.host, port=args.port,
                   concurrency=max(args.concurrency, 16), feedback_log=args.feedback_log)
         return 0
+    from ui.app import serve  # Gradio's import alone takes seconds: after every check above
+
     serve(index=index, docs=args.doc, reader=args.reader, host=args.host, port=args.port,
           concurrency=args.concurrency, feedback_log=args.feedback_log)
     return 0
