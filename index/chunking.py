@@ -67,6 +67,12 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def chunk_sentences(text: str) -> list[tuple[int, int]]:
+    """The sentences a store embeds for one chunk's text: its sentence spans, or the whole
+    text when it has none (every chunk has at least one, so the sentence search covers it)."""
+    return sentence_spans(text) or [(0, len(text))]
+
+
 def chunk_document(doc: Document, tokenizer, chunk_size: int = DEFAULT_CHUNK_SIZE,
                    overlap: int = DEFAULT_OVERLAP) -> list[Chunk]:
     """Chunks of ``doc``; ``tokenizer`` is a fast Hugging Face tokenizer (the embedder's)."""

@@ -286,7 +286,7 @@ class Embedder:
         out = []
         from tqdm import tqdm
 
-        with tqdm(total=len(texts), desc="embedding", disable=not show, unit="chunk") as bar:
+        with tqdm(total=len(texts), desc="embedding", disable=not show, unit="text") as bar:
             for i in range(0, len(texts), step):
                 with self._use_lock:
                     vecs = self._encode(list(texts[i:i + step]))

@@ -5,7 +5,8 @@ Layout of a store directory::
     manifest.json        format version, embedder, chunking, index factory, documents + sha256,
                          and the name of the generation folder that holds the data
     gen-000003/          index.faiss, embeddings.npy, chunks.jsonl, documents.json,
-                         bm25/ (the lexical index: bm25s arrays and JSON)
+                         bm25/ (the lexical index: bm25s arrays and JSON),
+                         sentences.npy + sentence_rows.npy (the sentence vectors)
 
 Saving writes a new generation folder, then replaces ``manifest.json`` atomically (write to a
 temporary file, fsync, rename): a crash at any moment leaves the previous manifest pointing at
@@ -22,6 +23,14 @@ The store owns both of its searches: dense (:meth:`DocumentStore.search`, FAISS 
 embeddings) and lexical (:meth:`DocumentStore.lexical_search`, BM25 by ``bm25s``, see
 :mod:`index.lexical`). A store saved before the lexical index existed loads all the same; its
 lexical index is built in memory on first use and written with the next save.
+
+A third search reads the chunks sentence by sentence (:meth:`DocumentStore.sentence_search`):
+every sentence of every chunk is embedded on its own, and a chunk scores its best sentence.
+A question usually asks about one sentence, and a 160-token chunk's mean-pooled vector blurs
+it among the others (on held-out SQuAD train articles, dense recall@1 71.8 by chunk against
+78.8 by best sentence: ``python -m eval.bench_retrieval``). The sentence vectors cost a second
+embedding pass at indexing time. A store saved before they existed loads and answers with the
+other two searches (``has_sentences`` is False); ``spanqa index --rebuild`` adds them.
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index.chunking import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, Chunk, chunk_document
+from index.chunking import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, Chunk, chunk_document, chunk_sentences
 from index.documents import Document, sha256_text
 from index.embedder import Embedder, shared_embedder
 from index.errors import (
@@ -60,6 +69,7 @@ from index.validate import (
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LEXICAL_DIR = "bm25"
+SENTENCE_FILES = ("sentences.npy", "sentence_rows.npy")
 AUTO_APPROX_THRESHOLD = 50_000  # chunks; below it exact search is fast enough (bench_index.py)
 
 
@@ -138,6 +148,10 @@ class DocumentStore:
         self.documents: dict[str, Document] = {}
         self.chunks: list[Chunk] = []
         self.vectors = np.zeros((0, 0), dtype=np.float32)
+        # One row per sentence of each chunk, in chunk order: its vector and its chunk's row.
+        # None: a store saved before sentence vectors existed (no sentence search).
+        self.sentence_vectors: np.ndarray | None = np.zeros((0, 0), dtype=np.float32)
+        self.sentence_rows: np.ndarray | None = np.zeros(0, dtype=np.int64)
         self._index = None
         self._lexical: LexicalIndex | None = None
 
@@ -176,14 +190,54 @@ class DocumentStore:
             changed.append(doc.id)
         if new_chunks:
             check_factory(self.factory, self.embedder.dimension)  # fail before embedding
-            texts = [c.text for c in new_chunks]
-            vecs = (embed(texts, progress) if embed is not None else
-                    self.embedder.embed(texts, progress=progress, on_batch=on_batch))
-            self.vectors = vecs if len(self.chunks) == 0 else np.vstack([self.vectors, vecs])
-            self.chunks.extend(new_chunks)
+            self._embed_new(new_chunks, progress, on_batch, embed)
         if changed:
             self._changed()
         return changed
+
+    def _embed_new(self, new_chunks: list[Chunk], progress, on_batch, embed) -> None:
+        """Embed new chunks and their sentences in one pass and append them. A chunk that is
+        one sentence reuses its own vector; a sentence repeated in two overlapping chunks is
+        embedded once. ``on_batch`` hears progress in chunks (``done`` of ``len(new_chunks)``)."""
+        texts = [c.text for c in new_chunks]
+        if not self.chunks:  # an empty store (also an old one emptied) gains sentence vectors
+            self.sentence_vectors = np.zeros((0, 0), dtype=np.float32)
+            self.sentence_rows = np.zeros(0, dtype=np.int64)
+        with_sentences = self.has_sentences
+        where: dict[str, int] = {t: i for i, t in enumerate(texts)}
+        sent_ids, sent_rows = [], []
+        if with_sentences:
+            base = len(self.chunks)
+            for row, c in enumerate(new_chunks):
+                for s, e in chunk_sentences(c.text):
+                    t = c.text[s:e]
+                    if t not in where:
+                        where[t] = len(texts)
+                        texts.append(t)
+                    sent_ids.append(where[t])
+                    sent_rows.append(base + row)
+        scale = len(new_chunks) / len(texts)
+
+        def report(done, total):  # the caller counts passages, not the texts embedded
+            on_batch(min(len(new_chunks), int(round(done * scale))), len(new_chunks))
+
+        vecs = (embed(texts, progress) if embed is not None else self.embedder.embed(
+            texts, progress=progress, on_batch=report if on_batch else None))
+        chunk_vecs = vecs[:len(new_chunks)]
+        self.vectors = (chunk_vecs if len(self.chunks) == 0
+                        else np.vstack([self.vectors, chunk_vecs]))
+        if with_sentences:
+            sv = vecs[np.asarray(sent_ids, dtype=np.int64)]
+            old = self.sentence_vectors
+            self.sentence_vectors = sv if old is None or old.size == 0 else np.vstack([old, sv])
+            self.sentence_rows = np.concatenate(
+                [self.sentence_rows, np.asarray(sent_rows, dtype=np.int64)])
+        self.chunks.extend(new_chunks)
+
+    @property
+    def has_sentences(self) -> bool:
+        """Whether the store holds sentence vectors (stores saved before them do not)."""
+        return self.sentence_vectors is not None
 
     def remove(self, doc_id: str) -> None:
         """Remove one document and its chunks. Unknown ids raise ``UnknownDocumentError``."""
@@ -198,15 +252,28 @@ class DocumentStore:
         self._index = self._lexical = None
 
     def _drop(self, doc_id: str) -> None:
-        keep = [i for i, c in enumerate(self.chunks) if c.doc_id != doc_id]
+        n = len(self.chunks)
+        keep = np.asarray([i for i, c in enumerate(self.chunks) if c.doc_id != doc_id], np.int64)
         self.chunks = [self.chunks[i] for i in keep]
-        self.vectors = self.vectors[np.asarray(keep, dtype=np.int64)]
+        self.vectors = self.vectors[keep]
+        if self.has_sentences:
+            renumber = np.full(n, -1, dtype=np.int64)
+            renumber[keep] = np.arange(len(keep))
+            rows = renumber[self.sentence_rows]
+            self.sentence_vectors = self._sentence_matrix()[rows >= 0]
+            self.sentence_rows = rows[rows >= 0]
         self.documents.pop(doc_id, None)
 
     def _matrix(self) -> np.ndarray:
         """The chunk vectors as a ``(n_chunks, dimension)`` matrix, also when empty."""
         if self.vectors.ndim == 2 and self.vectors.shape[1]:
             return self.vectors
+        return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+
+    def _sentence_matrix(self) -> np.ndarray:
+        v = self.sentence_vectors
+        if v is not None and v.ndim == 2 and v.shape[1]:
+            return v
         return np.zeros((0, self.embedder.dimension), dtype=np.float32)
 
     # ---- search ---------------------------------------------------------------------------
@@ -240,6 +307,25 @@ class DocumentStore:
             out.append([SearchHit(self.chunks[i], float(row[i]), int(i)) for i in top if row[i] > 0])
         return out
 
+    def sentence_search(self, query_vectors: np.ndarray, top_k: int) -> list[list[SearchHit]]:
+        """Top ``top_k`` chunks for each query vector by their best sentence, best first; the
+        hit's score is that sentence's cosine similarity. Exact (one matrix product over the
+        sentence vectors). Empty lists for a store without sentence vectors."""
+        if not self.chunks or not self.has_sentences or not len(self.sentence_rows):
+            return [[] for _ in range(len(query_vectors))]
+        sims = np.asarray(query_vectors, np.float32) @ self._sentence_matrix().T
+        # sentence_rows is sorted and names every chunk (built so, checked on load)
+        starts = np.searchsorted(self.sentence_rows, np.arange(len(self.chunks)))
+        best = np.maximum.reduceat(sims, starts, axis=1)
+        k = min(top_k, len(self.chunks))
+        out = []
+        for row in best:
+            top = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
+            top = top[np.argsort(-row[top], kind="stable")]
+            out.append([SearchHit(self.chunks[i], float(row[i]), int(i)) for i in top
+                        if np.isfinite(row[i])])
+        return out
+
     def similarity(self, query_vector: np.ndarray, rows: list[int]) -> list[float]:
         """Cosine similarity between one query vector and the chunks at ``rows``."""
         if not rows:
@@ -257,6 +343,8 @@ class DocumentStore:
             "index_factory": self.factory,
             "index_type": resolve_factory(self.factory, len(self.chunks)),
             "lexical": {"library": "bm25s", "folder": LEXICAL_DIR, "stemmer": "snowball-english"},
+            "sentences": ({"n": len(self.sentence_rows), "files": list(SENTENCE_FILES)}
+                          if self.has_sentences else None),
             "n_chunks": len(self.chunks),
             "documents": {d.id: d.sha256 for d in self.documents.values()},
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -282,6 +370,9 @@ class DocumentStore:
                 (gen_dir / "documents.json").write_text(json.dumps(docs, ensure_ascii=False),
                                                         encoding="utf-8")
                 self.lexical.save(gen_dir / LEXICAL_DIR)
+                if self.has_sentences:
+                    np.save(gen_dir / SENTENCE_FILES[0], self._sentence_matrix(), allow_pickle=False)
+                    np.save(gen_dir / SENTENCE_FILES[1], self.sentence_rows, allow_pickle=False)
                 _fsync_dir_files(gen_dir)
                 manifest = self.manifest(gen_dir.name) | {"files": digests(gen_dir)}
                 _atomic_write_json(root / MANIFEST, manifest)
@@ -322,7 +413,7 @@ class DocumentStore:
             gen = generation_dir(root, m)
             verify_files(root, gen, m)
             parts = _read_generation(root, gen)
-        raw_chunks, docs, vectors, index, lexical = parts
+        raw_chunks, docs, vectors, index, lexical, sentences = parts
         check_documents(root, docs)
         texts = {d["id"]: d["text"] for d in docs}
         check_chunks(root, raw_chunks, texts)
@@ -334,6 +425,10 @@ class DocumentStore:
             raise damaged(root, f"vectors are not {dim}-dimensional as the manifest says")
         if n and not np.isfinite(vectors).all():
             raise damaged(root, "embeddings.npy holds non-finite numbers")
+        if sentences is not None:
+            _check_sentences(root, sentences, n, dim)
+        elif m.get("sentences"):
+            raise damaged(root, "its sentence vectors are missing")
         if set(m["documents"]) != set(texts) or any(
                 sha256_text(texts[k]) != v for k, v in m["documents"].items()):
             raise damaged(root, "documents.json does not hold the documents the manifest lists")
@@ -347,7 +442,25 @@ class DocumentStore:
                            for d in docs}
         store._index = index
         store._lexical = lexical
+        if sentences is None:  # saved before sentence vectors: the other two searches only
+            store.sentence_vectors = store.sentence_rows = None
+        else:
+            store.sentence_vectors = sentences[0].astype(np.float32, copy=False)
+            store.sentence_rows = sentences[1].astype(np.int64, copy=False)
         return store
+
+
+def _check_sentences(root: Path, sentences, n: int, dim: int) -> None:
+    """The sentence vectors and their rows agree with each other and with the chunks."""
+    vecs, rows = sentences
+    if rows.ndim != 1 or len(vecs) != len(rows) or not np.issubdtype(rows.dtype, np.integer):
+        raise damaged(root, "sentences.npy and sentence_rows.npy do not match")
+    if n and (vecs.ndim != 2 or vecs.shape[1] != dim):
+        raise damaged(root, f"sentence vectors are not {dim}-dimensional as the manifest says")
+    if len(rows) and not np.isfinite(vecs).all():
+        raise damaged(root, "sentences.npy holds non-finite numbers")
+    if np.any(np.diff(rows) < 0) or not np.array_equal(np.unique(rows), np.arange(n)):
+        raise damaged(root, "sentence_rows.npy does not name every chunk in order")
 
 
 def _read_generation(root: Path, gen: Path):
@@ -367,10 +480,16 @@ def _read_generation(root: Path, gen: Path):
         name = LEXICAL_DIR
         lexical = (LexicalIndex.load(gen / name, len(chunks))
                    if (gen / name).is_dir() else None)  # older stores: built on first use
+        sentences = None  # older stores have none
+        if (gen / SENTENCE_FILES[0]).exists() or (gen / SENTENCE_FILES[1]).exists():
+            name = SENTENCE_FILES[0]
+            sentences = (np.load(gen / name, allow_pickle=False),)
+            name = SENTENCE_FILES[1]
+            sentences += (np.load(gen / name, allow_pickle=False),)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise damaged(root, f"{gen.name}/{name} is unreadable ({detail[:200]})") from None
-    return chunks, docs, vectors, index, lexical
+    return chunks, docs, vectors, index, lexical, sentences
 
 
 def _read_manifest(root: Path) -> dict:

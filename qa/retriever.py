@@ -1,10 +1,12 @@
 """Retriever: question → the top-k passages of a store.
 
-``mode="hybrid"`` (the default) fuses the store's two searches by weighted reciprocal rank
-fusion: dense FAISS search (meaning) and BM25 (exact words: names, numbers, rare terms that
-sentence embeddings blur). Each search contributes ``weight / (rrf_k + rank)`` for the
-chunks in its top ``pool``; the fused order decides. ``mode="dense"`` and ``mode="lexical"``
-use one search alone. Each passage's ``score`` is its cosine similarity to the question (the
+``mode="hybrid"`` (the default) fuses the store's three searches by weighted reciprocal rank
+fusion: dense FAISS search over the chunks (meaning), dense search by each chunk's best
+sentence (the one sentence a question is usually about), and BM25 (exact words: names,
+numbers, rare terms that sentence embeddings blur). Each search contributes ``weight /
+(rrf_k + rank)`` for the chunks in its top ``pool``; the fused order decides. A store saved
+before sentence vectors existed fuses the other two. ``mode="dense"``, ``"sentence"`` and
+``"lexical"`` use one search alone. Each passage's ``score`` is its cosine similarity to the question (the
 confidence model reads it); its ``rank`` is its place after fusion.
 
 The fusion settings are a :class:`FusionConfig`, chosen on held-out training articles by
@@ -18,7 +20,7 @@ from index.store import DocumentStore
 from qa.types import Passage
 
 DEFAULT_TOP_K = 5  # chosen on held-out SQuAD train articles: 5 passages read better than 3
-MODES = ("hybrid", "dense", "lexical")
+MODES = ("hybrid", "dense", "sentence", "lexical")
 
 
 @dataclass(frozen=True)
@@ -26,15 +28,17 @@ class FusionConfig:
     """How the dense and lexical rankings are fused (weighted reciprocal rank fusion)."""
 
     # Chosen by `python -m eval.tune_retrieval` on 23 held-out SQuAD train articles (4,824
-    # questions, spanqa-retriever): best mean of recall@1/3/5 over rrf_k 0-100, lexical
-    # weight 0.25-4 and pool 5-50. A small rrf_k trusts the top ranks of each search.
+    # questions, spanqa-retriever): best mean of recall@1/3/5 over its grid of rrf_k,
+    # sentence and lexical weights and pool. A small rrf_k trusts the top ranks of each search.
     rrf_k: float = 2.0
     dense_weight: float = 1.0
     lexical_weight: float = 1.25
+    sentence_weight: float = 1.0  # 0: the two-search fusion of stores without sentences
     pool: int = 20  # candidates taken from each search (at least 4 × the passages asked for)
 
     def __post_init__(self):
-        if not self.rrf_k >= 0 or not self.dense_weight >= 0 or not self.lexical_weight >= 0:
+        weights = (self.dense_weight, self.lexical_weight, self.sentence_weight)
+        if not self.rrf_k >= 0 or not all(w >= 0 for w in weights):
             raise ValueError("rrf_k and the weights must be non-negative numbers")
         if self.pool < 1:
             raise ValueError("pool must be at least 1")
@@ -77,14 +81,22 @@ class Retriever:
         pool = max(self.fusion.pool, 4 * k)
         rankings: list[list[list[int]]] = [[] for _ in questions]
         weights = []
-        if self.mode in ("hybrid", "dense"):
-            for i, hits in enumerate(self.store.search(vecs, pool if self.mode == "hybrid" else k)):
+        hybrid, f = self.mode == "hybrid", self.fusion
+
+        def add(search, weight):
+            for i, hits in enumerate(search):
                 rankings[i].append([h.row for h in hits])
-            weights.append(self.fusion.dense_weight)
-        if self.mode in ("hybrid", "lexical"):
-            for i, hits in enumerate(self.store.lexical_search(questions, pool)):
-                rankings[i].append([h.row for h in hits])
-            weights.append(self.fusion.lexical_weight)
+            weights.append(weight)
+
+        if self.mode == "dense" or (hybrid and f.dense_weight > 0):
+            add(self.store.search(vecs, pool if hybrid else k), f.dense_weight)
+        if hybrid and f.sentence_weight > 0 and self.store.has_sentences:
+            add(self.store.sentence_search(vecs, pool), f.sentence_weight)
+        elif self.mode == "sentence":  # a store saved before sentence vectors: by chunk
+            add((self.store.sentence_search if self.store.has_sentences else self.store.search)(
+                vecs, k), 1.0)
+        if self.mode == "lexical" or (hybrid and f.lexical_weight > 0):
+            add(self.store.lexical_search(questions, pool), f.lexical_weight)
         chunks, docs = self.store.chunks, self.store.documents
         out = []
         for v, ranks in zip(vecs, rankings):

@@ -1,9 +1,13 @@
 """Retrieval finds a planted fact in a synthetic multi-page document."""
+import json
+
+import numpy as np
 import pytest
 
 from index.documents import load_bytes
+from index.errors import CorruptStoreError
 from index.store import DocumentStore
-from qa.retriever import Retriever
+from qa.retriever import FusionConfig, Retriever, fuse
 from tests.conftest import make_pdf
 
 FILLER = [
@@ -28,7 +32,12 @@ def test_planted_fact_is_retrieved_first_with_its_page(embedder):
     top = passages[0]
     assert "Marta Okonkwo" in top.chunk.text and top.rank == 1
     assert top.chunk.page == 9
-    assert passages[0].score >= passages[1].score >= passages[2].score
+    assert [p.rank for p in passages] == [1, 2, 3]
+    # a passage's score is its chunk's cosine similarity (the confidence model reads it),
+    # whatever place the fusion gave it
+    q = embedder.embed(["Who restored the brass lens of the lighthouse?"])[0]
+    rows = [store.chunks.index(p.chunk) for p in passages]
+    assert [round(p.score, 5) for p in passages] == [round(x, 5) for x in store.similarity(q, rows)]
 
 
 def test_bm25_prefers_rare_exact_terms_and_stems():
@@ -72,7 +81,7 @@ def test_hybrid_and_dense_rank_a_store_and_follow_its_changes(embedder):
     texts[17] = "The vault code for the museum is ZQ-99-ALPHA, set by curator Ines Rask."
     store = DocumentStore(embedder, chunk_size=24, overlap=0)
     store.add([document_from_text(t, id=f"d{i}") for i, t in enumerate(texts)])
-    for mode in ("hybrid", "dense", "lexical"):
+    for mode in ("hybrid", "dense", "sentence", "lexical"):
         top = Retriever(store, top_k=3, mode=mode).retrieve("Who set the vault code ZQ-99-ALPHA?")
         assert top[0].chunk.doc_id == "d17"
         assert len(top) == (1 if mode == "lexical" else 3)  # BM25 keeps only matching chunks
@@ -143,3 +152,118 @@ def test_index_built_with_the_old_embedder_keeps_loading_and_answering(tmp_path,
     assert a.doc_id == "v" and qa.store.documents["v"].text[a.start:a.end] == a.text
     assert main(["index", "--rebuild", "--out", str(tmp_path / "old")]) == 0
     assert DocumentStore.load(tmp_path / "old").embedder.name == DEFAULT_EMBEDDER
+
+
+# ---- the sentence search ------------------------------------------------------------------
+BURIED = ("The annual report covers budgets, staffing, roads, library hours, parks and the "
+          "new recycling scheme in detail. The council also heard updates on bus timetables and "
+          "school meals. Dr Ama Mensah was appointed harbour pilot in March. Street lighting "
+          "and drainage repairs take up the remaining pages of the report.")
+
+
+def _sentence_store(embedder):
+    from index.documents import document_from_text
+
+    texts = [f"Filler paragraph {i} about gardens, weather and local markets." for i in range(8)]
+    texts += ["Harbour news: the ferry boats were repainted, and the harbour office moved.", BURIED]
+    store = DocumentStore(embedder, chunk_size=96, overlap=0)
+    store.add([document_from_text(t, id=f"d{i}") for i, t in enumerate(texts)])
+    return store
+
+
+def test_sentence_search_scores_a_chunk_by_its_best_sentence(embedder):
+    store = _sentence_store(embedder)
+    q = embedder.embed(["Who was appointed harbour pilot?"])
+    hit = store.sentence_search(q, 3)[0][0]
+    assert hit.chunk.doc_id == "d9"
+    sentence = embedder.embed(["Dr Ama Mensah was appointed harbour pilot in March."])[0]
+    assert hit.score == pytest.approx(float(sentence @ q[0]), abs=1e-4)  # that sentence's score
+    row = next(i for i, c in enumerate(store.chunks) if c.doc_id == "d9")
+    assert hit.score > float(store.vectors[row] @ q[0])  # above the whole chunk's similarity
+    # every chunk has its sentences, in chunk order, and nothing else
+    assert list(np.unique(store.sentence_rows)) == list(range(len(store)))
+    assert np.all(np.diff(store.sentence_rows) >= 0)
+    assert len(store.sentence_vectors) == len(store.sentence_rows) == len(store) + 3
+
+
+def test_fusion_of_three_searches_on_a_synthetic_document(embedder):
+    """The buried sentence's chunk comes first by hybrid search; with the sentence search's
+    weight at 0 the fusion is the two-search one, and each search alone is reachable."""
+    store = _sentence_store(embedder)
+    question = "Who was appointed harbour pilot?"
+    hybrid = Retriever(store, top_k=3).retrieve(question)
+    assert hybrid[0].chunk.doc_id == "d9"
+    vec = embedder.embed([question])
+    rows = {m: [h.row for h in hits[0]] for m, hits in (
+        ("dense", store.search(vec, 20)), ("sentence", store.sentence_search(vec, 20)),
+        ("lexical", store.lexical_search([question], 20)))}
+    f = FusionConfig()
+    want = fuse([rows["dense"], rows["sentence"], rows["lexical"]],
+                [f.dense_weight, f.sentence_weight, f.lexical_weight], f.rrf_k)[:3]
+    assert [store.chunks.index(p.chunk) for p in hybrid] == want
+    two = Retriever(store, top_k=3, fusion=FusionConfig(sentence_weight=0)).retrieve(question)
+    want2 = fuse([rows["dense"], rows["lexical"]], [f.dense_weight, f.lexical_weight], f.rrf_k)[:3]
+    assert [store.chunks.index(p.chunk) for p in two] == want2
+
+
+def test_store_round_trip_keeps_the_sentence_vectors_and_removal_renumbers_them(embedder, tmp_path):
+    store = _sentence_store(embedder)
+    q = embedder.embed(["Who was appointed harbour pilot?"])
+    before = [(h.chunk.id, round(h.score, 5)) for h in store.sentence_search(q, 5)[0]]
+    store.save(tmp_path / "s")
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert m["sentences"]["n"] == len(store.sentence_rows)
+    loaded = DocumentStore.load(tmp_path / "s")
+    assert [(h.chunk.id, round(h.score, 5)) for h in loaded.sentence_search(q, 5)[0]] == before
+    np.testing.assert_array_equal(loaded.sentence_rows, store.sentence_rows)
+    loaded.remove("d8")  # rows after the removed chunk move up; its sentences go
+    fresh = DocumentStore(embedder, chunk_size=96, overlap=0)
+    fresh.add([loaded.documents[d] for d in loaded.documents])
+    np.testing.assert_array_equal(loaded.sentence_rows, fresh.sentence_rows)
+    np.testing.assert_allclose(loaded.sentence_vectors, fresh.sentence_vectors, atol=1e-5)
+    loaded.save(tmp_path / "s")
+    again = DocumentStore.load(tmp_path / "s")
+    assert again.sentence_search(q, 1)[0][0].chunk.doc_id == "d9"
+
+
+def test_store_saved_before_sentence_vectors_loads_answers_and_rebuilds(tmp_path, tiny_reader_dir,
+                                                                       embedder):
+    from qa import DocumentQA
+    from qa.cli import main
+
+    store = _sentence_store(embedder)
+    store.save(tmp_path / "old")
+    gen = next((tmp_path / "old").glob("gen-*"))
+    for name in ("sentences.npy", "sentence_rows.npy"):
+        (gen / name).unlink()
+    manifest = tmp_path / "old" / "manifest.json"  # as an older spanqa wrote it
+    m = json.loads(manifest.read_text())
+    del m["sentences"]
+    m["files"] = {k: v for k, v in m["files"].items() if not k.startswith("sentence")}
+    manifest.write_text(json.dumps(m))
+    old = DocumentStore.load(tmp_path / "old")
+    assert not old.has_sentences and old.sentence_search(embedder.embed(["x"]), 3) == [[]]
+    qa = DocumentQA.load(tmp_path / "old", reader=str(tiny_reader_dir), passages=2)
+    a = qa.ask("Who was appointed harbour pilot?", threshold=0.0)  # the two-search fusion
+    assert qa.store.documents[a.doc_id].text[a.start:a.end] == a.text
+    assert Retriever(old, top_k=2, mode="sentence").retrieve("harbour pilot")  # falls back
+    m["sentences"] = {"n": 12}  # a manifest that promises sentence vectors it lacks is damage
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(CorruptStoreError, match="sentence vectors are missing"):
+        DocumentStore.load(tmp_path / "old")
+    assert main(["index", "--rebuild", "--out", str(tmp_path / "old")]) == 0
+    assert DocumentStore.load(tmp_path / "old").has_sentences
+
+
+def test_damaged_sentence_rows_are_caught(tmp_path, embedder):
+    store = _sentence_store(embedder)
+    store.save(tmp_path / "s")
+    gen = next((tmp_path / "s").glob("gen-*"))
+    rows = np.load(gen / "sentence_rows.npy")
+    np.save(gen / "sentence_rows.npy", rows[::-1].copy(), allow_pickle=False)
+    manifest = tmp_path / "s" / "manifest.json"  # without checksums, the check itself
+    m = json.loads(manifest.read_text())
+    del m["files"]
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(CorruptStoreError, match="sentence_rows.npy"):
+        DocumentStore.load(tmp_path / "s")
