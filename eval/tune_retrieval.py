@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from eval.bench_retrieval import build, summary
 from index.embedder import DEFAULT_EMBEDDER
-from qa.retriever import FusionConfig, fuse
+from qa.retriever import TWO_SEARCH_FUSION, FusionConfig, fuse
 from qa.squad import load_squad, shared_data
 from qa.training.retriever import is_holdout
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     only = {"dense only": FusionConfig(lexical_weight=0.0, sentence_weight=0.0),
             "sentence only": FusionConfig(dense_weight=0.0, lexical_weight=0.0),
             "lexical only": FusionConfig(dense_weight=0.0, sentence_weight=0.0),
-            "two searches": FusionConfig(rrf_k=2.0, lexical_weight=1.25, sentence_weight=0.0),
+            "two searches": TWO_SEARCH_FUSION,
             "default": FusionConfig()}
     for label, cfg in only.items():
         m = score(cache, cfg)

@@ -29,12 +29,13 @@ class FusionConfig:
 
     # Chosen by `python -m eval.tune_retrieval` on 23 held-out SQuAD train articles (4,824
     # questions, spanqa-retriever): best mean of recall@1/3/5 over its grid of rrf_k,
-    # sentence and lexical weights and pool. A small rrf_k trusts the top ranks of each search.
+    # sentence and lexical weights and pool. A small rrf_k trusts the top ranks of each
+    # search; the sentence and lexical searches each weigh twice the chunk search.
     rrf_k: float = 2.0
     dense_weight: float = 1.0
-    lexical_weight: float = 1.25
-    sentence_weight: float = 1.0  # 0: the two-search fusion of stores without sentences
-    pool: int = 20  # candidates taken from each search (at least 4 × the passages asked for)
+    lexical_weight: float = 2.0
+    sentence_weight: float = 2.0  # 0: the two-search fusion (stores without sentences)
+    pool: int = 50  # candidates taken from each search (at least 4 × the passages asked for)
 
     def __post_init__(self):
         weights = (self.dense_weight, self.lexical_weight, self.sentence_weight)
@@ -42,6 +43,11 @@ class FusionConfig:
             raise ValueError("rrf_k and the weights must be non-negative numbers")
         if self.pool < 1:
             raise ValueError("pool must be at least 1")
+
+
+# The two-search fusion chosen before the sentence search existed (same tuning, dense and
+# BM25 alone): what a store saved without sentence vectors is searched with.
+TWO_SEARCH_FUSION = FusionConfig(rrf_k=2.0, lexical_weight=1.25, sentence_weight=0.0, pool=20)
 
 
 def fuse(rankings: list[list[int]], weights: list[float], rrf_k: float) -> list[int]:
@@ -63,7 +69,14 @@ class Retriever:
         self.store = store
         self.top_k = top_k
         self.mode = mode
-        self.fusion = fusion or FusionConfig()
+        self._fusion = fusion  # None: the default for the store's searches (``fusion``)
+
+    @property
+    def fusion(self) -> FusionConfig:
+        """The fusion in use: the one given, else the tuned default of the store's searches."""
+        if self._fusion is not None:
+            return self._fusion
+        return FusionConfig() if self.store.has_sentences else TWO_SEARCH_FUSION
 
     def to_dict(self) -> dict:
         return {"type": "Retriever", "top_k": self.top_k, "mode": self.mode,
@@ -78,10 +91,11 @@ class Retriever:
             return []
         k = top_k or self.top_k
         vecs = self.store.embedder.embed(questions, progress=False)
-        pool = max(self.fusion.pool, 4 * k)
+        f = self.fusion
+        pool = max(f.pool, 4 * k)
         rankings: list[list[list[int]]] = [[] for _ in questions]
         weights = []
-        hybrid, f = self.mode == "hybrid", self.fusion
+        hybrid = self.mode == "hybrid"
 
         def add(search, weight):
             for i, hits in enumerate(search):
@@ -100,7 +114,7 @@ class Retriever:
         chunks, docs = self.store.chunks, self.store.documents
         out = []
         for v, ranks in zip(vecs, rankings):
-            rows = fuse(ranks, weights, self.fusion.rrf_k)[:k]
+            rows = fuse(ranks, weights, f.rrf_k)[:k]
             sims = self.store.similarity(v, rows)
             out.append([Passage(chunks[r], s, n + 1, docs[chunks[r].doc_id].title)
                         for n, (r, s) in enumerate(zip(rows, sims))])

@@ -7,7 +7,7 @@ import pytest
 from index.documents import load_bytes
 from index.errors import CorruptStoreError
 from index.store import DocumentStore
-from qa.retriever import FusionConfig, Retriever, fuse
+from qa.retriever import TWO_SEARCH_FUSION, FusionConfig, Retriever, fuse
 from tests.conftest import make_pdf
 
 FILLER = [
@@ -247,6 +247,8 @@ def test_store_saved_before_sentence_vectors_loads_answers_and_rebuilds(tmp_path
     a = qa.ask("Who was appointed harbour pilot?", threshold=0.0)  # the two-search fusion
     assert qa.store.documents[a.doc_id].text[a.start:a.end] == a.text
     assert Retriever(old, top_k=2, mode="sentence").retrieve("harbour pilot")  # falls back
+    assert Retriever(old).fusion == TWO_SEARCH_FUSION  # the fusion tuned for two searches
+    assert Retriever(store).fusion == FusionConfig()
     m["sentences"] = {"n": 12}  # a manifest that promises sentence vectors it lacks is damage
     manifest.write_text(json.dumps(m))
     with pytest.raises(CorruptStoreError, match="sentence vectors are missing"):
