@@ -27,9 +27,8 @@ lexical index is built in memory on first use and written with the next save.
 A third search reads the chunks sentence by sentence (:meth:`DocumentStore.sentence_search`):
 every sentence of every chunk is embedded on its own, and a chunk scores its best sentence.
 A question usually asks about one sentence, and a 160-token chunk's mean-pooled vector blurs
-it among the others (on held-out SQuAD train articles, dense recall@1 71.8 by chunk against
-78.8 by best sentence: ``python -m eval.bench_retrieval``). The sentence vectors cost a second
-embedding pass at indexing time. A store saved before they existed loads and answers with the
+it among the others (the README's retriever section has the recall this buys). The sentence
+vectors cost a second embedding pass at indexing time. A store saved before they existed loads and answers with the
 other two searches (``has_sentences`` is False); ``spanqa index --rebuild`` adds them.
 """
 from __future__ import annotations
@@ -298,14 +297,30 @@ class DocumentStore:
             self._lexical = LexicalIndex.build([c.text for c in self.chunks])
         return self._lexical
 
+    def lexical_scores(self, queries: list[str]) -> np.ndarray:
+        """``(len(queries), n_chunks)`` BM25 scores; 0 where a chunk shares no word."""
+        return self.lexical.scores(queries)
+
     def lexical_search(self, queries: list[str], top_k: int) -> list[list[SearchHit]]:
         """Top ``top_k`` chunks by BM25 for each query, best first; chunks that share no word
         with the query are left out."""
         out = []
-        for row in self.lexical.scores(queries):
+        for row in self.lexical_scores(queries):
             top = np.argsort(-row, kind="stable")[:top_k]
             out.append([SearchHit(self.chunks[i], float(row[i]), int(i)) for i in top if row[i] > 0])
         return out
+
+    def sentence_scores(self, query_vectors: np.ndarray) -> np.ndarray:
+        """``(len(query_vectors), n_chunks)``: each chunk's best sentence's cosine similarity
+        to each query. Needs sentence vectors (:attr:`has_sentences`) and at least one chunk."""
+        sims = np.asarray(query_vectors, np.float32) @ self._sentence_matrix().T
+        # sentence_rows is sorted and names every chunk (built so, checked on load)
+        starts = np.searchsorted(self.sentence_rows, np.arange(len(self.chunks)))
+        return np.maximum.reduceat(sims, starts, axis=1)
+
+    def chunk_scores(self, query_vectors: np.ndarray) -> np.ndarray:
+        """``(len(query_vectors), n_chunks)`` exact cosine similarities to the chunks."""
+        return np.asarray(query_vectors, np.float32) @ self._matrix().T
 
     def sentence_search(self, query_vectors: np.ndarray, top_k: int) -> list[list[SearchHit]]:
         """Top ``top_k`` chunks for each query vector by their best sentence, best first; the
@@ -313,10 +328,7 @@ class DocumentStore:
         sentence vectors). Empty lists for a store without sentence vectors."""
         if not self.chunks or not self.has_sentences or not len(self.sentence_rows):
             return [[] for _ in range(len(query_vectors))]
-        sims = np.asarray(query_vectors, np.float32) @ self._sentence_matrix().T
-        # sentence_rows is sorted and names every chunk (built so, checked on load)
-        starts = np.searchsorted(self.sentence_rows, np.arange(len(self.chunks)))
-        best = np.maximum.reduceat(sims, starts, axis=1)
+        best = self.sentence_scores(query_vectors)
         k = min(top_k, len(self.chunks))
         out = []
         for row in best:

@@ -1,12 +1,19 @@
 """Retriever: question → the top-k passages of a store.
 
-``mode="hybrid"`` (the default) fuses the store's three searches by weighted reciprocal rank
-fusion: dense FAISS search over the chunks (meaning), dense search by each chunk's best
-sentence (the one sentence a question is usually about), and BM25 (exact words: names,
-numbers, rare terms that sentence embeddings blur). Each search contributes ``weight /
-(rrf_k + rank)`` for the chunks in its top ``pool``; the fused order decides. A store saved
-before sentence vectors existed fuses the other two. ``mode="dense"``, ``"sentence"`` and
-``"lexical"`` use one search alone. Each passage's ``score`` is its cosine similarity to the question (the
+``mode="hybrid"`` (the default) fuses the store's three searches: dense search over the chunks
+(meaning), dense search by each chunk's best sentence (the one sentence a question is usually
+about), and BM25 (exact words: names, numbers, rare terms that sentence embeddings blur).
+Two ways to fuse (``FusionConfig.method``):
+
+* ``"score"`` (the default): every chunk gets ``dense_weight · cosine(chunk) +
+  sentence_weight · cosine(best sentence) + lexical_weight · BM25 / the query's best BM25``,
+  computed exactly over all chunks; the sum decides.
+* ``"rrf"``: weighted reciprocal rank fusion; each search contributes ``weight / (rrf_k +
+  rank)`` for the chunks in its top ``pool``.
+
+A store saved before sentence vectors existed is searched with the two-search fusion tuned
+for it (:data:`TWO_SEARCH_FUSION`). ``mode="dense"``, ``"sentence"`` and ``"lexical"`` use one
+search alone. Each passage's ``score`` is its chunk's cosine similarity to the question (the
 confidence model reads it); its ``rank`` is its place after fusion.
 
 The fusion settings are a :class:`FusionConfig`, chosen on held-out training articles by
@@ -16,28 +23,33 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from index.store import DocumentStore
 from qa.types import Passage
 
 DEFAULT_TOP_K = 5  # chosen on held-out SQuAD train articles: 5 passages read better than 3
 MODES = ("hybrid", "dense", "sentence", "lexical")
+FUSION_METHODS = ("score", "rrf")
 
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """How the dense and lexical rankings are fused (weighted reciprocal rank fusion)."""
+    """How the searches' results are fused: by score or by reciprocal rank (module doc)."""
 
     # Chosen by `python -m eval.tune_retrieval` on 23 held-out SQuAD train articles (4,824
-    # questions, spanqa-retriever): best mean of recall@1/3/5 over its grid of rrf_k,
-    # sentence and lexical weights and pool. A small rrf_k trusts the top ranks of each
-    # search; the sentence and lexical searches each weigh twice the chunk search.
-    rrf_k: float = 2.0
-    dense_weight: float = 1.0
-    lexical_weight: float = 2.0
-    sentence_weight: float = 2.0  # 0: the two-search fusion (stores without sentences)
-    pool: int = 50  # candidates taken from each search (at least 4 × the passages asked for)
+    # questions, spanqa-retriever): best mean of recall@1/3/5 over its grids for both
+    # methods (the README's retriever section has the table).
+    method: str = "score"
+    dense_weight: float = 0.5
+    sentence_weight: float = 1.0  # 0: leave the sentence search out
+    lexical_weight: float = 0.3
+    rrf_k: float = 2.0  # "rrf" only: a small rrf_k trusts the top ranks of each search
+    pool: int = 50  # "rrf" only: candidates from each search (at least 4 × the passages)
 
     def __post_init__(self):
+        if self.method not in FUSION_METHODS:
+            raise ValueError(f"method must be one of {', '.join(FUSION_METHODS)}")
         weights = (self.dense_weight, self.lexical_weight, self.sentence_weight)
         if not self.rrf_k >= 0 or not all(w >= 0 for w in weights):
             raise ValueError("rrf_k and the weights must be non-negative numbers")
@@ -47,7 +59,8 @@ class FusionConfig:
 
 # The two-search fusion chosen before the sentence search existed (same tuning, dense and
 # BM25 alone): what a store saved without sentence vectors is searched with.
-TWO_SEARCH_FUSION = FusionConfig(rrf_k=2.0, lexical_weight=1.25, sentence_weight=0.0, pool=20)
+TWO_SEARCH_FUSION = FusionConfig(method="rrf", rrf_k=2.0, dense_weight=1.0, lexical_weight=1.25,
+                                 sentence_weight=0.0, pool=20)
 
 
 def fuse(rankings: list[list[int]], weights: list[float], rrf_k: float) -> list[int]:
@@ -57,6 +70,23 @@ def fuse(rankings: list[list[int]], weights: list[float], rrf_k: float) -> list[
         for r, item in enumerate(ranking):
             fused[item] = fused.get(item, 0.0) + w / (rrf_k + r + 1)
     return sorted(fused, key=lambda i: -fused[i])
+
+
+def score_fuse(chunk: np.ndarray, sentence: np.ndarray | None, lexical: np.ndarray,
+               fusion: FusionConfig, k: int) -> list[int]:
+    """The top ``k`` rows by fused score, for one query: ``chunk`` and ``sentence`` cosine
+    similarities and ``lexical`` BM25 scores over all chunks (``sentence`` None: left out).
+    BM25 is divided by the query's best, so each term is on a 0-1 scale; ties keep row order."""
+    z = fusion.dense_weight * chunk.astype(np.float64)
+    if sentence is not None and fusion.sentence_weight > 0:
+        z = z + fusion.sentence_weight * sentence
+    top = float(lexical.max()) if len(lexical) else 0.0
+    if top > 0 and fusion.lexical_weight > 0:
+        z = z + fusion.lexical_weight * (lexical / top)
+    if len(z) <= k:
+        return [int(i) for i in np.argsort(-z, kind="stable")]
+    top = np.argpartition(-z, k - 1)[:k]
+    return [int(i) for i in top[np.lexsort((top, -z[top]))]]
 
 
 class Retriever:
@@ -92,6 +122,8 @@ class Retriever:
         k = top_k or self.top_k
         vecs = self.store.embedder.embed(questions, progress=False)
         f = self.fusion
+        if self.mode == "hybrid" and f.method == "score":
+            return self._passages(vecs, self._score_fused(questions, vecs, k, f))
         pool = max(f.pool, 4 * k)
         rankings: list[list[list[int]]] = [[] for _ in questions]
         weights = []
@@ -111,10 +143,22 @@ class Retriever:
                 vecs, k), 1.0)
         if self.mode == "lexical" or (hybrid and f.lexical_weight > 0):
             add(self.store.lexical_search(questions, pool), f.lexical_weight)
+        return self._passages(vecs, [fuse(ranks, weights, f.rrf_k)[:k] for ranks in rankings])
+
+    def _score_fused(self, questions, vecs, k: int, f: FusionConfig) -> list[list[int]]:
+        store = self.store
+        if not store.chunks:
+            return [[] for _ in questions]
+        chunk = store.chunk_scores(vecs)
+        sentence = (store.sentence_scores(vecs) if store.has_sentences and f.sentence_weight > 0
+                    else [None] * len(questions))
+        lexical = store.lexical_scores(questions)
+        return [score_fuse(c, s, lx, f, k) for c, s, lx in zip(chunk, sentence, lexical)]
+
+    def _passages(self, vecs, rows_per_question: list[list[int]]) -> list[list[Passage]]:
         chunks, docs = self.store.chunks, self.store.documents
         out = []
-        for v, ranks in zip(vecs, rankings):
-            rows = fuse(ranks, weights, f.rrf_k)[:k]
+        for v, rows in zip(vecs, rows_per_question):
             sims = self.store.similarity(v, rows)
             out.append([Passage(chunks[r], s, n + 1, docs[chunks[r].doc_id].title)
                         for n, (r, s) in enumerate(zip(rows, sims))])

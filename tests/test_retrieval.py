@@ -1,5 +1,6 @@
 """Retrieval finds a planted fact in a synthetic multi-page document."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from index.documents import load_bytes
 from index.errors import CorruptStoreError
 from index.store import DocumentStore
-from qa.retriever import TWO_SEARCH_FUSION, FusionConfig, Retriever, fuse
+from qa.retriever import TWO_SEARCH_FUSION, FusionConfig, Retriever, fuse, score_fuse
 from tests.conftest import make_pdf
 
 FILLER = [
@@ -187,23 +188,36 @@ def test_sentence_search_scores_a_chunk_by_its_best_sentence(embedder):
 
 
 def test_fusion_of_three_searches_on_a_synthetic_document(embedder):
-    """The buried sentence's chunk comes first by hybrid search; with the sentence search's
-    weight at 0 the fusion is the two-search one, and each search alone is reachable."""
+    """The buried sentence's chunk comes first by hybrid search, by score and by rank; each
+    fusion is what its formula gives from the three searches, and a weight of 0 leaves that
+    search out."""
     store = _sentence_store(embedder)
     question = "Who was appointed harbour pilot?"
+    vec = embedder.embed([question])
+    chunk, sentence = store.chunk_scores(vec)[0], store.sentence_scores(vec)[0]
+    lexical = store.lexical_scores([question])[0]
+    f = FusionConfig()
+    assert f.method == "score"
+    z = f.dense_weight * chunk + f.sentence_weight * sentence + f.lexical_weight * lexical / lexical.max()
     hybrid = Retriever(store, top_k=3).retrieve(question)
     assert hybrid[0].chunk.doc_id == "d9"
-    vec = embedder.embed([question])
+    assert [store.chunks.index(p.chunk) for p in hybrid] == list(np.argsort(-z, kind="stable")[:3])
+    assert score_fuse(chunk, sentence, lexical, replace(f, sentence_weight=0), 3) == \
+        list(np.argsort(-(z - f.sentence_weight * sentence), kind="stable")[:3])
+
     rows = {m: [h.row for h in hits[0]] for m, hits in (
         ("dense", store.search(vec, 20)), ("sentence", store.sentence_search(vec, 20)),
         ("lexical", store.lexical_search([question], 20)))}
-    f = FusionConfig()
-    want = fuse([rows["dense"], rows["sentence"], rows["lexical"]],
-                [f.dense_weight, f.sentence_weight, f.lexical_weight], f.rrf_k)[:3]
-    assert [store.chunks.index(p.chunk) for p in hybrid] == want
-    two = Retriever(store, top_k=3, fusion=FusionConfig(sentence_weight=0)).retrieve(question)
-    want2 = fuse([rows["dense"], rows["lexical"]], [f.dense_weight, f.lexical_weight], f.rrf_k)[:3]
+    r = FusionConfig(method="rrf", dense_weight=1.0, sentence_weight=2.0, lexical_weight=2.0)
+    by_rank = Retriever(store, top_k=3, fusion=r).retrieve(question)
+    want = fuse([rows["dense"], rows["sentence"], rows["lexical"]], [1.0, 2.0, 2.0], r.rrf_k)[:3]
+    assert [store.chunks.index(p.chunk) for p in by_rank] == want and want[0] == 9
+    two = Retriever(store, top_k=3, fusion=TWO_SEARCH_FUSION).retrieve(question)
+    t = TWO_SEARCH_FUSION
+    want2 = fuse([rows["dense"], rows["lexical"]], [t.dense_weight, t.lexical_weight], t.rrf_k)[:3]
     assert [store.chunks.index(p.chunk) for p in two] == want2
+    with pytest.raises(ValueError, match="method"):
+        FusionConfig(method="borda")
 
 
 def test_store_round_trip_keeps_the_sentence_vectors_and_removal_renumbers_them(embedder, tmp_path):
