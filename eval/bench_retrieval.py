@@ -8,7 +8,10 @@ One table: recall@1/3/5/10, MRR@10 and query time for every embedder × mode × 
 (``hybrid-2``: dense and BM25 alone with their own tuned fusion, as before the sentence
 search)
 (``article``: one index per article, the chatbot's one-document setting; ``corpus``: one
-index over all articles). No reader involved. DATA defaults to the shared dev set, wherever
+index over all articles). No reader involved. ``--bundled`` instead times one warm
+``retrieve()`` at a time over the bundled article with the article set's questions (what one
+chat question pays for retrieval, the question's embedding included), for the default
+fusion and the two-search one. DATA defaults to the shared dev set, wherever
 the command runs from.
 """
 from __future__ import annotations
@@ -85,13 +88,47 @@ def summary(rs: list) -> dict:
     return m
 
 
+def bundled_timing(runs: int = 3) -> None:
+    import json
+    from pathlib import Path
+
+    from index.documents import load_file
+    from qa.pipeline import DEFAULT_DOCUMENT
+    from qa.retriever import TWO_SEARCH_FUSION
+
+    store = DocumentStore()
+    store.add([load_file(DEFAULT_DOCUMENT)])
+    data = json.loads((Path(__file__).parent / "questions" / "us_weapons_in_russia.json").read_text())
+    qs = [q["question"] for a in data["data"] for p in a["paragraphs"] for q in p["qas"]]
+    t = time.perf_counter()
+    for q in qs:
+        store.embedder.embed([q])
+    embed_ms = (time.perf_counter() - t) * 1000 / len(qs)
+    print(f"bundled article: {len(store)} chunks, {len(store.sentence_rows)} sentences; "
+          f"{len(qs)} questions; embedding one question: {embed_ms:.1f} ms")
+    for name, fusion in (("score fusion (default)", FusionConfig()), ("two searches, RRF", TWO_SEARCH_FUSION)):
+        r = Retriever(store, fusion=fusion)
+        r.retrieve(qs[0])
+        times = []
+        for _ in range(runs):
+            for q in qs:
+                t = time.perf_counter()
+                r.retrieve(q)
+                times.append((time.perf_counter() - t) * 1000)
+        print(f"{name:<24} retrieve(): p50 {np.median(times):.1f} ms, mean {np.mean(times):.1f} ms")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data", nargs="?", default=None, help="SQuAD json (default: the dev set)")
     ap.add_argument("--embedders", nargs="+", default=sorted({BASE_EMBEDDER, DEFAULT_EMBEDDER}))
     ap.add_argument("--modes", nargs="+", choices=BENCH_MODES, default=list(BENCH_MODES))
     ap.add_argument("--scopes", nargs="+", choices=["article", "corpus"], default=["article"])
+    ap.add_argument("--bundled", action="store_true",
+                    help="time one retrieve() at a time over the bundled article instead")
     args = ap.parse_args(argv)
+    if args.bundled:
+        return bundled_timing()
     articles = load_squad(args.data or default_dev())
     head = f"| {'embedder':<18} | {'scope':<7} | {'mode':<7} |" + "".join(
         f" {k:>5} |" for k in [f"R@{k}" for k in KS] + ["MRR"]) + " ms/q | chunks/s |"
