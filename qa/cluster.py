@@ -287,7 +287,7 @@ def embed_on_ray(embedder: str, block: int = EMBED_BLOCK, cpus_per_worker: float
         workers = [actor.remote(embedder, max(1, int(cpus_per_worker))) for _ in range(n)]
         out = []
         try:
-            with tqdm(total=len(texts), desc=f"embedding ({n} Ray workers)", unit="chunk",
+            with tqdm(total=len(texts), desc=f"embedding ({n} Ray workers)", unit="text",
                       disable=progress is False) as bar:
                 for vecs in ActorPool(workers).map(lambda a, b: a.embed.remote(b), blocks):
                     out.append(vecs)
