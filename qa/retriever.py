@@ -80,9 +80,9 @@ def score_fuse(chunk: np.ndarray, sentence: np.ndarray | None, lexical: np.ndarr
     z = fusion.dense_weight * chunk.astype(np.float64)
     if sentence is not None and fusion.sentence_weight > 0:
         z = z + fusion.sentence_weight * sentence
-    top = float(lexical.max()) if len(lexical) else 0.0
-    if top > 0 and fusion.lexical_weight > 0:
-        z = z + fusion.lexical_weight * (lexical / top)
+    best_bm25 = float(lexical.max()) if len(lexical) else 0.0
+    if best_bm25 > 0 and fusion.lexical_weight > 0:
+        z = z + fusion.lexical_weight * (lexical / best_bm25)
     if len(z) <= k:
         return [int(i) for i in np.argsort(-z, kind="stable")]
     top = np.argpartition(-z, k - 1)[:k]
