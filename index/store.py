@@ -153,6 +153,7 @@ class DocumentStore:
         self.sentence_rows: np.ndarray | None = np.zeros(0, dtype=np.int64)
         self._index = None
         self._lexical: LexicalIndex | None = None
+        self._starts: np.ndarray | None = None  # per chunk, its first sentence row
 
     # ---- contents -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -227,8 +228,7 @@ class DocumentStore:
                         else np.vstack([self.vectors, chunk_vecs]))
         if with_sentences:
             sv = vecs[np.asarray(sent_ids, dtype=np.int64)]
-            old = self.sentence_vectors
-            self.sentence_vectors = sv if old is None or old.size == 0 else np.vstack([old, sv])
+            self.sentence_vectors = np.vstack([self._sentence_matrix(), sv])
             self.sentence_rows = np.concatenate(
                 [self.sentence_rows, np.asarray(sent_rows, dtype=np.int64)])
         self.chunks.extend(new_chunks)
@@ -248,7 +248,7 @@ class DocumentStore:
 
     def _changed(self) -> None:
         """Drop the searches built on the old chunks; they are rebuilt on next use."""
-        self._index = self._lexical = None
+        self._index = self._lexical = self._starts = None
 
     def _drop(self, doc_id: str) -> None:
         n = len(self.chunks)
@@ -263,17 +263,18 @@ class DocumentStore:
             self.sentence_rows = rows[rows >= 0]
         self.documents.pop(doc_id, None)
 
-    def _matrix(self) -> np.ndarray:
-        """The chunk vectors as a ``(n_chunks, dimension)`` matrix, also when empty."""
-        if self.vectors.ndim == 2 and self.vectors.shape[1]:
-            return self.vectors
-        return np.zeros((0, self.embedder.dimension), dtype=np.float32)
-
-    def _sentence_matrix(self) -> np.ndarray:
-        v = self.sentence_vectors
+    def _as_matrix(self, v: np.ndarray | None) -> np.ndarray:
+        """``v`` as a ``(rows, dimension)`` matrix, also when empty (or absent)."""
         if v is not None and v.ndim == 2 and v.shape[1]:
             return v
         return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+
+    def _matrix(self) -> np.ndarray:
+        """The chunk vectors, also when there are none."""
+        return self._as_matrix(self.vectors)
+
+    def _sentence_matrix(self) -> np.ndarray:
+        return self._as_matrix(self.sentence_vectors)
 
     # ---- search ---------------------------------------------------------------------------
     @property
@@ -314,9 +315,14 @@ class DocumentStore:
         """``(len(query_vectors), n_chunks)``: each chunk's best sentence's cosine similarity
         to each query. Needs sentence vectors (:attr:`has_sentences`) and at least one chunk."""
         sims = np.asarray(query_vectors, np.float32) @ self._sentence_matrix().T
-        # sentence_rows is sorted and names every chunk (built so, checked on load)
-        starts = np.searchsorted(self.sentence_rows, np.arange(len(self.chunks)))
-        return np.maximum.reduceat(sims, starts, axis=1)
+        return np.maximum.reduceat(sims, self._sentence_starts(), axis=1)
+
+    def _sentence_starts(self) -> np.ndarray:
+        """Each chunk's first sentence row; computed once per version of the store, not per
+        question. ``sentence_rows`` is sorted and names every chunk (built so, checked on load)."""
+        if self._starts is None:
+            self._starts = np.searchsorted(self.sentence_rows, np.arange(len(self.chunks)))
+        return self._starts
 
     def chunk_scores(self, query_vectors: np.ndarray) -> np.ndarray:
         """``(len(query_vectors), n_chunks)`` exact cosine similarities to the chunks."""
