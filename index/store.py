@@ -538,3 +538,51 @@ def _fsync_dir_files(d: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+
+
+INDEX_CACHE_DIR = "indexes"  # under the cache root: stores of fixed files, built once
+
+
+def cached_store(paths: list[str | Path], embedder: Embedder | None = None) -> DocumentStore:
+    """A store of the files at ``paths`` (default settings), built once and then loaded from
+    ``<cache>/indexes/<key>/`` (``$SPANQA_CACHE``, else ``~/.cache/spanqa``): a fresh process
+    serving the bundled article loads six chunks' vectors instead of embedding them again.
+
+    The key is a content hash of the files, their paths, the embedder's name and (for a
+    bundled one) its folder's files, and the code that chunks, embeds and saves, so any change
+    to what would be built builds again. An entry that fails to load (damaged, from another
+    format) is rebuilt with a log line; a cache that cannot be written leaves the store in
+    memory only. Never fatal: the worst case is the uncached build."""
+    import logging
+
+    from index import embedder as embedder_module
+    from index.documents import load_file
+    from index.onnx_runtime import cache_root, files_key
+
+    log = logging.getLogger("spanqa")
+    embedder = embedder or shared_embedder()
+    here = Path(__file__).resolve().parent
+    files = [Path(p).resolve() for p in paths]
+    bundled = embedder_module.BUNDLED_EMBEDDERS.get(embedder.name)
+    if bundled is not None and bundled.is_dir():
+        files += sorted(p for p in bundled.iterdir() if p.is_file())
+    files += [here / f for f in ("chunking.py", "documents.py", "embedder.py", "lexical.py",
+                                 "store.py")]
+    salt = json.dumps({"format": FORMAT_VERSION, "embedder": embedder.name,
+                       "paths": [str(p) for p in files]})
+    entry = cache_root() / INDEX_CACHE_DIR / files_key(salt, files)
+    if (entry / MANIFEST).is_file():
+        try:
+            return DocumentStore.load(entry, embedder)
+        except SpanQAError as exc:
+            log.warning("spanqa: the cached index %s does not load (%s); building it again",
+                        entry, str(exc).splitlines()[0])
+            shutil.rmtree(entry, ignore_errors=True)
+    store = DocumentStore(embedder)
+    store.add([load_file(p) for p in paths])
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        store.save(entry)
+    except (OSError, SpanQAError) as exc:
+        log.warning("spanqa: could not cache the index in %s (%s)", entry, exc)
+    return store

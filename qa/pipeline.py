@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from index.documents import Document, document_from_text, load_file, replace_surrogates
-from index.store import DocumentStore
+from index.store import DocumentStore, cached_store
 from qa.errors import DocumentError, EmptyQuestionError, OptionError
 from qa.reader import READ_ALL_ENV, RUNTIME_ENV, ExtractiveReader
 from qa.retriever import DEFAULT_TOP_K, Retriever
@@ -160,8 +160,9 @@ class DocumentQA:
 
     @classmethod
     def default(cls, reader=None, passages: int = DEFAULT_TOP_K) -> "DocumentQA":
-        """Over the bundled article (US weapons used against targets in Russia)."""
-        return cls.from_files([DEFAULT_DOCUMENT], reader, passages)
+        """Over the bundled article (US weapons used against targets in Russia); its index is
+        built once and loaded from spanqa's cache after that (:func:`index.store.cached_store`)."""
+        return cls(cached_store([DEFAULT_DOCUMENT]), reader, passages)
 
     @classmethod
     def load(cls, directory, reader=None, passages: int = DEFAULT_TOP_K) -> "DocumentQA":

@@ -131,3 +131,38 @@ def test_factory_strings(embedder):
         _store(embedder, factory="NotAnIndex")
     with pytest.raises(SpanQAError, match="cannot be trained on"):  # IVF on a tiny store
         _store(embedder, factory="IVF256,Flat").index
+
+
+def test_cached_store_builds_once_loads_after_and_rebuilds_what_changed_or_broke(
+        tmp_path, embedder, monkeypatch, caplog):
+    """What DocumentQA.default() uses for the bundled article: the first call builds and
+    saves, the next loads without embedding anything, a changed file gets its own entry, and
+    a damaged entry is built again with a log line instead of failing."""
+    from index.store import INDEX_CACHE_DIR, cached_store
+
+    monkeypatch.setenv("SPANQA_CACHE", str(tmp_path / "cache"))
+    doc = tmp_path / "doc.txt"
+    doc.write_text(TEXTS["a"] + "\n\n" + TEXTS["c"])
+    first = cached_store([doc], embedder)
+    entries = list((tmp_path / "cache" / INDEX_CACHE_DIR).iterdir())
+    assert len(entries) == 1
+    with monkeypatch.context() as m:
+        m.setattr(embedder, "embed", lambda *a, **k: pytest.fail("a cached store embeds nothing"))
+        second = cached_store([doc], embedder)
+    assert [c.to_dict() for c in second.chunks] == [c.to_dict() for c in first.chunks]
+    np.testing.assert_array_equal(second.vectors, first.vectors)
+    np.testing.assert_array_equal(second.sentence_vectors, first.sentence_vectors)
+    assert _top_doc(second, embedder, "When was the Treaty of Westphalia signed?") == doc.name
+
+    doc.write_text(TEXTS["b"])
+    third = cached_store([doc], embedder)
+    assert [d.text for d in third.documents.values()] == [TEXTS["b"]]
+    assert len(list((tmp_path / "cache" / INDEX_CACHE_DIR).iterdir())) == 2
+
+    entry = next(e for e in (tmp_path / "cache" / INDEX_CACHE_DIR).iterdir() if e not in entries)
+    next(entry.glob("gen-*/embeddings.npy")).write_bytes(b"not an array")
+    with caplog.at_level("WARNING", logger="spanqa"):
+        again = cached_store([doc], embedder)
+    assert "does not load" in caplog.text
+    np.testing.assert_array_equal(again.vectors, third.vectors)
+    assert len(DocumentStore.load(entry).chunks) == len(third.chunks)  # the entry is whole again

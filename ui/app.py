@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 
 from index.documents import SUPPORTED_SUFFIXES, Document, load_file
-from index.store import DocumentStore
+from index.store import DocumentStore, cached_store
 from qa.batcher import AskBatcher
 from qa.errors import SpanQAError
 from qa.pipeline import DEFAULT_DOCUMENT, DocumentQA
@@ -364,9 +364,11 @@ def serve_ray(index=None, docs=None, reader=None, address="auto", replicas=2, sh
         index = None
     elif index:
         store = DocumentStore.load(index)
-    else:
+    elif docs:
         store = DocumentStore()
-        store.add([load_file(p) for p in (docs or [DEFAULT_DOCUMENT])])
+        store.add([load_file(p) for p in docs])
+    else:
+        store = cached_store([DEFAULT_DOCUMENT])
     if index is None:  # where the replicas can read it: named by what it holds
         import hashlib
 
