@@ -3,7 +3,7 @@
 ``confidence = right × on_topic``, two logistic models (Platt scaling) fitted on held-out data:
 
 * ``right = sigmoid(span_weight * logit + margin_weight * (logit - null_logit)
-  + relevance_weight * relevance + bias)``: the chance the span is exactly right when the
+  + relevance_weight * relevance + rank_weight / place + bias)``: the chance the span is exactly right when the
   passages are about the question. ``logit`` is the span's start+end logit, ``null_logit`` its
   window's no-answer logit. With ``margin_weight = relevance_weight = 0`` this is Haystack's
   ``sigmoid(logit * calibration_factor)``. Fitted on answerable held-out questions, target
@@ -11,6 +11,10 @@
   hands the reader (``calibrate-reader --cases retrieved``), every span of each question
   counts and ``relevance_weight`` learns how much the passage's similarity to the question
   says about its spans, so the best span of five passages is as likely right as that of three.
+  ``place`` is the span's passage's place in the retriever's ranking (1 = first): the fused
+  ranking knows what the chunk's cosine does not (the best sentence, the BM25 match), and
+  ``rank_weight`` learns how much that says. Unknown places (the reader used on its own) take
+  ``rank_default``, the mean of ``1 / place`` over the fitted answers.
 * ``on_topic = sigmoid(topic_span_weight * logit + topic_margin_weight * (logit - null_logit)
   + topic_relevance_weight * relevance + topic_bias)``: the chance the passages are about the
   question at all. ``relevance`` is the cosine similarity between the question and the span's
@@ -48,17 +52,22 @@ class Calibration:
     topic_bias: float = 0.0
     relevance_default: float = 0.0
     relevance_model: str = ""  # the embedder whose cosine similarities the topic weights expect
+    rank_weight: float = 0.0  # in `right`: 1 / the passage's place in the retriever's ranking
+    rank_default: float = 0.0  # stands in for 1 / place when the passages were not retrieved
 
     @property
     def has_topic_model(self) -> bool:
         return any((self.topic_span_weight, self.topic_margin_weight,
                     self.topic_relevance_weight, self.topic_bias))
 
-    def right(self, logit: float, null_logit: float, relevance: float | None = None) -> float:
-        """Chance the span is exactly right, given passages about the question."""
+    def right(self, logit: float, null_logit: float, relevance: float | None = None,
+              place: int | None = None) -> float:
+        """Chance the span is exactly right, given passages about the question. ``place``: the
+        span's passage's place in the retriever's ranking (1 = first), None when unknown."""
         rel = self.relevance_default if relevance is None else relevance
+        inv = self.rank_default if place is None else 1.0 / max(place, 1)
         return _sigmoid(self.span_weight * logit + self.margin_weight * (logit - null_logit)
-                        + self.relevance_weight * rel + self.bias)
+                        + self.relevance_weight * rel + self.rank_weight * inv + self.bias)
 
     def on_topic(self, logit: float, null_logit: float, relevance: float | None = None) -> float:
         """Chance the passage is about the question at all (1 without a fitted topic model)."""
@@ -69,8 +78,10 @@ class Calibration:
                         + self.topic_margin_weight * (logit - null_logit)
                         + self.topic_relevance_weight * rel + self.topic_bias)
 
-    def confidence(self, logit: float, null_logit: float, relevance: float | None = None) -> float:
-        return self.right(logit, null_logit, relevance) * self.on_topic(logit, null_logit, relevance)
+    def confidence(self, logit: float, null_logit: float, relevance: float | None = None,
+                   place: int | None = None) -> float:
+        return (self.right(logit, null_logit, relevance, place)
+                * self.on_topic(logit, null_logit, relevance))
 
     def accepts_relevance_from(self, embedder_name: str | None) -> bool:
         """Whether similarities by this embedder are on the scale the weights were fitted on."""

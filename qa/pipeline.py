@@ -291,7 +291,7 @@ class DocumentQA:
         # for (the same embedder); otherwise its default stands in
         relevance = ([[p.score for p in ps] for ps in passages]
                      if cal.accepts_relevance_from(self.store.embedder.name) else None)
-        return score_spans(raw, cal, threshold, max(top_k, 1), relevance)
+        return score_spans(raw, cal, threshold, max(top_k, 1), relevance, ranked=True)
 
     def chat(self) -> "Conversation":
         """A conversation over these documents: follow-up questions are read in the light of

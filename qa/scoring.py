@@ -50,21 +50,24 @@ class ReaderResult:
 
 
 def score_spans(raw: list[list[RawSpan]], calibration: Calibration, threshold: float | None,
-                top_k: int, relevance: list[list[float]] | None = None) -> list[ReaderResult]:
+                top_k: int, relevance: list[list[float]] | None = None,
+                ranked: bool = False) -> list[ReaderResult]:
     """Each question's spans with calibrated confidences, best first, overlapping spans of a
     passage dropped and spans without a letter or digit left out, at most ``top_k`` kept;
     abstain when the best confidence is below ``threshold`` (None: the calibration's own).
     ``relevance[q][p]`` is passage
     ``p``'s similarity to question ``q`` on the scale the calibration was fitted with (None:
-    the calibration's default stands in)."""
+    the calibration's default stands in). ``ranked``: the passages are in the retriever's
+    order, so passage ``p`` is at place ``p + 1`` (otherwise the default place stands in)."""
     if threshold is None:
         threshold = calibration.threshold
     results = []
     for qi, spans in enumerate(raw):
         scored = [ReaderSpan(s.passage, s.text, s.char_start, s.char_end,
-                             calibration.confidence(s.logit, s.null_logit,
-                                                    None if relevance is None
-                                                    else float(relevance[qi][s.passage])),
+                             calibration.confidence(
+                                 s.logit, s.null_logit,
+                                 None if relevance is None else float(relevance[qi][s.passage]),
+                                 s.passage + 1 if ranked else None),
                              s.logit, s.null_logit) for s in spans]
         if not scored:
             results.append(ReaderResult([], True, 1.0))

@@ -148,6 +148,46 @@ def test_span_model_fitted_on_retrieved_passages_learns_to_rank_by_relevance():
     assert plain.relevance_weight == 0.0
 
 
+def test_span_model_learns_the_retrievers_ranking_when_asked_and_old_configs_ignore_it():
+    """Spans of the retriever's first passage are right more often than an equal-logit,
+    equal-similarity span of its fifth: fitted with ``use_rank`` the span model gives
+    ``1 / place`` a positive weight and its default stands in for unknown places; a config
+    written before the rank term (no such keys) scores every place alike."""
+    from qa.training.calibrate import fit_calibration
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for _ in range(600):
+        spans = []
+        for place in range(1, 6):
+            logit = rng.normal(6, 2)
+            right = rng.random() < 1 / (1 + np.exp(-(0.6 * logit + 4 / place - 5)))
+            spans.append({"logit": logit, "null": 0.0, "relevance": 0.5, "place": place,
+                          "em": float(right), "f1": float(right)})
+        rows.append({"kind": "answerable", "spans": spans})
+    cal = fit_calibration(rows, use_relevance=True, relevance_model="m", span_relevance=True,
+                          use_rank=True)
+    assert cal.rank_weight > 1.0 and 0.2 < cal.rank_default < 1.0
+    assert cal.right(6.0, 0.0, 0.5, place=1) > cal.right(6.0, 0.0, 0.5, place=5)
+    assert cal.right(6.0, 0.0, 0.5) == cal.right(6.0, 0.0, 0.5, place=1 / cal.rank_default)
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+    without = fit_calibration(rows, use_relevance=True, relevance_model="m", span_relevance=True)
+    assert without.rank_weight == 0.0
+    old = Calibration.from_dict({"span_weight": 0.2, "bias": -1.0, "relevance_weight": 1.0})
+    assert old.confidence(6.0, 0.0, 0.5, place=1) == old.confidence(6.0, 0.0, 0.5, place=5)
+
+
+def test_scoring_ranks_by_place_only_for_passages_in_the_retrievers_order():
+    from qa.scoring import RawSpan, score_spans
+
+    cal = Calibration(span_weight=0.5, bias=-3.0, rank_weight=2.0, rank_default=0.5)
+    raw = [[RawSpan(0, "Paris", 0, 5, 6.0, 0.0), RawSpan(3, "Lyon", 0, 4, 6.2, 0.0)]]
+    ranked = score_spans(raw, cal, 0.0, 2, relevance=[[0.5] * 4], ranked=True)[0]
+    assert [s.text for s in ranked.spans] == ["Paris", "Lyon"]  # place 1 outweighs 0.2 logit
+    plain = score_spans(raw, cal, 0.0, 2, relevance=[[0.5] * 4])[0]
+    assert [s.text for s in plain.spans] == ["Lyon", "Paris"]  # places unknown: logits decide
+
+
 def test_calibrate_reader_on_retrieved_passages(tiny_reader_dir, tmp_path):
     """--cases retrieved: each question reads what the retriever finds in its article's index
     (and wrong-document cases what it finds in another's); the span model gets a relevance
@@ -162,12 +202,17 @@ def test_calibrate_reader_on_retrieved_passages(tiny_reader_dir, tmp_path):
     path.write_text(json.dumps(data))
     reader = _reader_with(tiny_reader_dir, tmp_path, {})
     report = tmp_path / "report.json"
+    rows = tmp_path / "rows.jsonl"
     assert calibrate_main(["--reader", reader, "--data", str(path), "--report", str(report),
-                           "--cases", "retrieved", "--passages", "2"]) == 0
+                           "--cases", "retrieved", "--passages", "2", "--save-rows", str(rows)]) == 0
     rep = json.loads(report.read_text())
     assert rep["case_kind"] == "retrieved" and rep["passages"] == 2 and rep["cases"] == 8 + 8
     cfg = json.loads((tmp_path / "reader" / READER_CONFIG_FILE).read_text())
     assert cfg["calibration_report"]["case_kind"] == "retrieved"
+    # every span knows its passage's place, and the span model used it (1 / place averaged)
+    places = [s["place"] for line in rows.read_text().splitlines() for s in json.loads(line)["spans"]]
+    assert places and set(places) <= {1, 2}
+    assert 0.5 <= cfg["calibration"]["rank_default"] <= 1.0
 
 
 def test_threshold_meets_the_wrong_document_goal_then_spends_the_f1_budget_on_refusals():

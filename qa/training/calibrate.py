@@ -186,7 +186,7 @@ def choose_length_penalty(reader, articles: list[SquadArticle], penalties: list[
 
 def fit_calibration(rows: list[dict], use_relevance: bool = True,
                     relevance_model: str = "", span_relevance: bool = False,
-                    spans_per_case: int = 5) -> Calibration:
+                    spans_per_case: int = 5, use_rank: bool = False) -> Calibration:
     """Both halves of :class:`~qa.calibration.Calibration` from the reader's raw spans.
 
     Each case is represented by its highest-logit span. ``right`` is fitted on the answerable
@@ -197,7 +197,9 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
     top ``spans_per_case`` spans of every answerable case by logit, whichever passage they
     come from, with the passage's similarity as a third feature: it learns to rank spans of
     different passages, not only to scale the best one; a one-feature Platt fit on each
-    case's chosen span then rescales it, so the answer's confidence stays calibrated."""
+    case's chosen span then rescales it, so the answer's confidence stays calibrated.
+    ``use_rank`` (retrieved cases whose rows carry each span's passage ``place``) adds
+    ``1 / place`` to that span model (:class:`~qa.calibration.Calibration`'s ``rank_weight``)."""
     def top(r):
         return max(r["spans"], key=lambda s: s["logit"], default=None)
 
@@ -205,22 +207,30 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
     if span_relevance and use_relevance:
         many = [s for r in rows if r["kind"] == "answerable"
                 for s in sorted(r["spans"], key=lambda s: -s["logit"])[:spans_per_case]]
-        sw, mw, rw, b = fit_platt([(s["logit"], s["logit"] - s["null"], s["relevance"])
-                                   for s in many], [s["em"] == 1.0 for s in many])
+
+        def features(s):
+            return ((s["logit"], s["logit"] - s["null"], s["relevance"])
+                    + ((1.0 / s["place"],) if use_rank else ()))
+
+        *weights, b = fit_platt([features(s) for s in many], [s["em"] == 1.0 for s in many])
 
         def z(s):
-            return sw * s["logit"] + mw * (s["logit"] - s["null"]) + rw * s["relevance"] + b
+            return sum(w * x for w, x in zip(weights, features(s))) + b
 
         # That fit ranks spans; rescale it so the span each question ends up answering with is
         # calibrated (a monotone map: a > 0 keeps the ranking).
         chosen = [max(r["spans"], key=z) for r in rows if r["kind"] == "answerable" and r["spans"]]
         a, c = fit_platt([(z(s),) for s in chosen], [s["em"] == 1.0 for s in chosen])
         if a > 0:
-            sw, mw, rw, b = a * sw, a * mw, a * rw, a * b + c
+            weights, b = [a * w for w in weights], a * b + c
+        sw, mw, rw, kw = (*weights, 0.0)[:4]
+        # the place a question's answer usually comes from, for passages not retrieved
+        kd = float(np.mean([1.0 / s["place"] for s in chosen])) if use_rank and chosen else 0.0
     else:
-        (sw, mw, b), rw = fit_platt([(s["logit"], s["logit"] - s["null"]) for s in ans],
-                                    [s["em"] == 1.0 for s in ans]), 0.0
-    cal = Calibration(span_weight=sw, margin_weight=mw, bias=b, relevance_weight=rw)
+        (sw, mw, b), rw, kw, kd = fit_platt([(s["logit"], s["logit"] - s["null"]) for s in ans],
+                                            [s["em"] == 1.0 for s in ans]), 0.0, 0.0, 0.0
+    cal = Calibration(span_weight=sw, margin_weight=mw, bias=b, relevance_weight=rw,
+                      rank_weight=kw, rank_default=kd)
     wrong = [top(r) for r in rows if r["kind"] == "wrong_document" and r["spans"]]
     if use_relevance and ans and wrong:
         spans = ans + wrong
@@ -271,7 +281,8 @@ def read_cases(cases: list[CalibrationCase], reader) -> list[dict]:
             for s in r.spans:
                 em, f1 = score(s.text, case.golds) if case.golds else (0.0, 0.0)
                 spans.append({"logit": s.logit, "null": s.null_logit,
-                              "relevance": case.relevance[s.passage], "em": em, "f1": f1})
+                              "relevance": case.relevance[s.passage], "place": s.passage + 1,
+                              "em": em, "f1": f1})
             rows.append({"kind": case.kind, "title": case.title, "spans": spans})
     return rows
 
@@ -299,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--passages", type=int, default=5, help="passages per retrieved case")
     ap.add_argument("--embedder", default=None, help="embedder for similarities (default: "
                                                      "spanqa's default)")
+    ap.add_argument("--no-rank", action="store_true",
+                    help="retrieved cases: leave the passage's place in the ranking out of the "
+                         "span model (rank_weight 0)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--save-rows", help="write what the reader found per case (jsonl), to refit "
                                         "later with --from-rows without reading again")
@@ -358,7 +372,7 @@ def score_rows(rows: list[dict], cal: Calibration) -> None:
     would get (the most confident): its ``conf``, ``em`` and ``f1``."""
     for r in rows:
         for s in r["spans"]:
-            s["conf"] = cal.confidence(s["logit"], s["null"], s["relevance"])
+            s["conf"] = cal.confidence(s["logit"], s["null"], s["relevance"], s.get("place"))
         best = max(r["spans"], key=lambda s: s["conf"], default=None)
         r.update(conf=best["conf"] if best else 0.0, em=best["em"] if best else 0.0,
                  f1=best["f1"] if best else 0.0)
@@ -474,9 +488,14 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.save_rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
     embedder = args.embedder or DEFAULT_EMBEDDER
 
+    # the place of a gold case's passages says where the gold paragraph was put, not what a
+    # retriever found: only retrieved cases (whose rows carry it) learn from it
+    use_rank = (args.cases == "retrieved" and not args.no_rank and not args.no_relevance
+                and all("place" in s for r in rows for s in r["spans"]))
+
     def fit(rs):
         return fit_calibration(rs, not args.no_relevance, embedder,
-                               span_relevance=args.cases == "retrieved")
+                               span_relevance=args.cases == "retrieved", use_rank=use_rank)
 
     cross = cross_fitted_figures(rows, fit, args)
     cal = fit(rows)
