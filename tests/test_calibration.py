@@ -204,7 +204,8 @@ def test_calibrate_reader_on_retrieved_passages(tiny_reader_dir, tmp_path):
     report = tmp_path / "report.json"
     rows = tmp_path / "rows.jsonl"
     assert calibrate_main(["--reader", reader, "--data", str(path), "--report", str(report),
-                           "--cases", "retrieved", "--passages", "2", "--save-rows", str(rows)]) == 0
+                           "--cases", "retrieved", "--passages", "2", "--save-rows", str(rows),
+                           "--rank"]) == 0
     rep = json.loads(report.read_text())
     assert rep["case_kind"] == "retrieved" and rep["passages"] == 2 and rep["cases"] == 8 + 8
     cfg = json.loads((tmp_path / "reader" / READER_CONFIG_FILE).read_text())

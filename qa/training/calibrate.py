@@ -310,9 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--passages", type=int, default=5, help="passages per retrieved case")
     ap.add_argument("--embedder", default=None, help="embedder for similarities (default: "
                                                      "spanqa's default)")
-    ap.add_argument("--no-rank", action="store_true",
-                    help="retrieved cases: leave the passage's place in the ranking out of the "
-                         "span model (rank_weight 0)")
+    ap.add_argument("--rank", action="store_true",
+                    help="retrieved cases: add the passage's place in the retriever's ranking "
+                         "to the span model (rank_weight; off by default: measured, not yet "
+                         "better on dev, see the reader's model card)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--save-rows", help="write what the reader found per case (jsonl), to refit "
                                         "later with --from-rows without reading again")
@@ -490,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # the place of a gold case's passages says where the gold paragraph was put, not what a
     # retriever found: only retrieved cases (whose rows carry it) learn from it
-    use_rank = (args.cases == "retrieved" and not args.no_rank and not args.no_relevance
+    use_rank = (args.rank and args.cases == "retrieved" and not args.no_relevance
                 and all("place" in s for r in rows for s in r["spans"]))
 
     def fit(rs):
