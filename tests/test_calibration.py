@@ -275,3 +275,28 @@ def test_cross_fitted_figures_never_judge_an_article_by_its_own_fit():
     # rows without titles (saved by older versions) have no cross-fitted figures
     assert cross_fitted_figures([dict(r, title="") for r in rows], fit, args) is None
     assert cross_fitted_figures([r for r in rows if r["title"] == "A"], fit, args) is None
+
+
+def test_span_choice_scores_each_calibration_on_saved_spans(tmp_path, capsys):
+    """eval.span_choice compare: the span a calibration ranks first, from saved rows, with
+    the passages read limited to the first k: a rank-aware calibration takes the first
+    passage's span, a logit-only one the higher logit."""
+    from eval.span_choice import main as span_choice
+    from eval.span_choice import pick
+
+    spans = [{"logit": 6.0, "null": 0.0, "relevance": 0.5, "place": 1, "alnum": True, "em": 1.0, "f1": 1.0},
+             {"logit": 6.5, "null": 0.0, "relevance": 0.5, "place": 2, "alnum": True, "em": 0.0, "f1": 0.5}]
+    plain = Calibration(span_weight=0.5, bias=-3.0, threshold=0.1)
+    ranked = Calibration(span_weight=0.5, bias=-3.0, rank_weight=2.0, threshold=0.1)
+    assert pick(spans, plain)[0]["place"] == 2 and pick(spans, ranked)[0]["place"] == 1
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"id": "q", "title": "T", "spans": spans}) + "\n")
+    configs = []
+    for name, cal in (("plain", plain), ("ranked", ranked)):
+        configs.append(tmp_path / f"{name}.json")
+        configs[-1].write_text(json.dumps({"calibration": cal.to_dict()}))
+    assert span_choice(["compare", str(rows)] + [str(c) for c in configs]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "first 2 passages: never abstaining EM 0.00 F1 50.00" in out[2]
+    assert "first 2 passages: never abstaining EM 100.00 F1 100.00" in out[5]
+    assert "first 1 passages: never abstaining EM 100.00" in out[1]
