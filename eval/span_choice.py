@@ -29,6 +29,7 @@ def read(args) -> int:
 
     from qa.metrics import score
     from qa.pipeline import DocumentQA, shared_reader
+    from qa.scoring import has_word
     from qa.squad import article_document, load_squad
 
     arts = load_squad(args.data)
@@ -55,7 +56,7 @@ def read(args) -> int:
                         em, f1 = score(s.text, q.gold_texts)
                         row["spans"].append({
                             "logit": s.logit, "null": s.null_logit, "relevance": ps[s.passage].score,
-                            "place": s.passage + 1, "alnum": any(ch.isalnum() for ch in s.text),
+                            "place": s.passage + 1, "alnum": has_word(s.text),
                             "em": em, "f1": f1})
                     f.write(json.dumps(row) + "\n")
                 bar.update(len(batch))

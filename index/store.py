@@ -34,6 +34,7 @@ other two searches (``has_sentences`` is False); ``spanqa index --rebuild`` adds
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -44,8 +45,14 @@ from pathlib import Path
 import numpy as np
 
 from index.chunking import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, Chunk, chunk_document, chunk_sentences
-from index.documents import Document, sha256_text
-from index.embedder import Embedder, shared_embedder
+from index.documents import Document, load_file, sha256_text
+from index.embedder import (
+    BUNDLED_EMBEDDERS,
+    EMBEDDER_CONFIG_FILE,
+    ENCODER_WEIGHTS_FILE,
+    Embedder,
+    shared_embedder,
+)
 from index.errors import (
     DocumentError,
     IncompatibleStoreError,
@@ -549,23 +556,19 @@ def cached_store(paths: list[str | Path], embedder: Embedder | None = None) -> D
     serving the bundled article loads six chunks' vectors instead of embedding them again.
 
     The key is a content hash of the files, their paths, the embedder's name and (for a
-    bundled one) its folder's files, and the code that chunks, embeds and saves, so any change
+    bundled one) its weights and config, and the code that chunks, embeds and saves, so any change
     to what would be built builds again. An entry that fails to load (damaged, from another
     format) is rebuilt with a log line; a cache that cannot be written leaves the store in
     memory only. Never fatal: the worst case is the uncached build."""
-    import logging
-
-    from index import embedder as embedder_module
-    from index.documents import load_file
     from index.onnx_runtime import cache_root, files_key
 
     log = logging.getLogger("spanqa")
     embedder = embedder or shared_embedder()
     here = Path(__file__).resolve().parent
     files = [Path(p).resolve() for p in paths]
-    bundled = embedder_module.BUNDLED_EMBEDDERS.get(embedder.name)
-    if bundled is not None and bundled.is_dir():
-        files += sorted(p for p in bundled.iterdir() if p.is_file())
+    bundled = BUNDLED_EMBEDDERS.get(embedder.name)
+    if bundled is not None:  # what makes its vectors (files_key skips a missing one)
+        files += [bundled / ENCODER_WEIGHTS_FILE, bundled / EMBEDDER_CONFIG_FILE]
     files += [here / f for f in ("chunking.py", "documents.py", "embedder.py", "lexical.py",
                                  "store.py")]
     salt = json.dumps({"format": FORMAT_VERSION, "embedder": embedder.name,

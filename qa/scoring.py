@@ -49,6 +49,11 @@ class ReaderResult:
     no_answer_score: float  # 1 - best span's confidence (0 < x < 1); 1.0 with no span at all
 
 
+def has_word(text: str) -> bool:
+    """Whether a span can be an answer at all: it holds a letter or a digit."""
+    return any(ch.isalnum() for ch in text)
+
+
 def score_spans(raw: list[list[RawSpan]], calibration: Calibration, threshold: float | None,
                 top_k: int, relevance: list[list[float]] | None = None,
                 ranked: bool = False) -> list[ReaderResult]:
@@ -73,7 +78,7 @@ def score_spans(raw: list[list[RawSpan]], calibration: Calibration, threshold: f
             results.append(ReaderResult([], True, 1.0))
             continue
         scored.sort(key=lambda s: (-s.score, -s.logit))
-        scored = [s for s in scored if any(ch.isalnum() for ch in s.text)]  # never "." alone
+        scored = [s for s in scored if has_word(s.text)]  # never "." alone
         scored = drop_overlaps(scored, key=lambda s: (s.passage, s.char_start, s.char_end))
         best = scored[0].score if scored else 0.0
         results.append(ReaderResult(spans=scored[:top_k], abstained=best < threshold,

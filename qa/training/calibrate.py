@@ -223,7 +223,8 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
         a, c = fit_platt([(z(s),) for s in chosen], [s["em"] == 1.0 for s in chosen])
         if a > 0:
             weights, b = [a * w for w in weights], a * b + c
-        sw, mw, rw, kw = (*weights, 0.0)[:4]
+        sw, mw, rw = weights[:3]
+        kw = weights[3] if use_rank else 0.0
         # the place a question's answer usually comes from, for passages not retrieved
         kd = float(np.mean([1.0 / s["place"] for s in chosen])) if use_rank and chosen else 0.0
     else:
