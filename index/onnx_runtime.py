@@ -156,14 +156,13 @@ class OnnxSession:
 
 
 def fast_tokenizer(folder: str | Path, input_names: list[str]):
-    """The folder's ``tokenizer.json`` as a transformers fast tokenizer producing exactly
-    ``input_names``, loaded without importing torch (``AutoTokenizer`` imports it through
-    the model configuration classes, a large part of a cold start). Without a ``tokenizer.json``,
-    ``AutoTokenizer``."""
+    """The folder's tokenizer producing exactly ``input_names``: its ``tokenizer.json`` run by
+    the ``tokenizers`` library (``index.tokenizer``), so a cold start imports neither torch
+    nor transformers. Without a ``tokenizer.json``, transformers' ``AutoTokenizer``."""
     if not (Path(folder) / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(folder))
-    from transformers import PreTrainedTokenizerFast
+    from index.tokenizer import JsonTokenizer
 
-    return PreTrainedTokenizerFast.from_pretrained(str(folder), model_input_names=list(input_names))
+    return JsonTokenizer(folder, input_names)

@@ -78,13 +78,15 @@ def cpus_option(text: str) -> float:
 def quiet_libraries() -> None:
     """Keep library chatter (progress bars while loading weights, advice) off the terminal."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+    # read by transformers and huggingface_hub when they load, so they need not load here
+    # (importing transformers is about a second of a cold start that may never need it)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
         from transformers.utils import logging as tlog
 
         tlog.set_verbosity_error()
         tlog.disable_progress_bar()
-    except Exception:
-        pass
 
 
 def reader_env(runtime: str | None, read_all: bool) -> None:

@@ -136,9 +136,9 @@ def test_cli_refuses_an_unknown_runtime(capsys):
     assert "invalid choice: 'gpu'" in capsys.readouterr().err
 
 
-def test_a_warm_cache_answers_without_torch_or_sentence_transformers(tiny_reader_dir, cache):
+def test_a_warm_cache_answers_without_torch_or_transformers(tiny_reader_dir, cache):
     """What makes a fresh process fast: with the exports cached, reading and embedding import
-    neither torch nor sentence-transformers (about 3 s of imports)."""
+    neither torch, sentence-transformers nor transformers (about 4 s of imports)."""
     import subprocess
     import sys
 
@@ -158,12 +158,13 @@ v = e.embed(["a short passage", "another"])
 r = ExtractiveReader({str(tiny_reader_dir)!r}, runtime="onnx")
 res = r.predict("What is it?", ["It is a passage about cats."], threshold=0)
 print(json.dumps({{"torch": "torch" in sys.modules, "st": "sentence_transformers" in sys.modules,
+                  "transformers": "transformers" in sys.modules,
                   "runtimes": [e.runtime, r.runtime], "v": v.tolist(), "spans": len(res.spans)}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["runtimes"] == ["onnx", "onnx"] and got["spans"] > 0
-    assert not got["torch"] and not got["st"]
+    assert not got["torch"] and not got["st"] and not got["transformers"]
     np.testing.assert_allclose(np.array(got["v"]), want, atol=1e-6)
 
 
