@@ -199,7 +199,8 @@ class Embedder:
         files = [stack / f for f in _STACK_FILES]
         if kind == "over_base":
             files += [Path(where) / ENCODER_WEIGHTS_FILE, Path(where) / EMBEDDER_CONFIG_FILE]
-        return cache_root() / ONNX_EMBEDDERS_DIR / files_key("embedder:1", files)
+        # "embedder:2": the export keeps its weights beside the graph (weights_beside)
+        return cache_root() / ONNX_EMBEDDERS_DIR / files_key("embedder:2", files)
 
     def _start_onnx(self, kind: str, where) -> bool:
         from index.onnx_runtime import first_line, open_cached

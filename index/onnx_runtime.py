@@ -3,7 +3,8 @@ without torch.
 
 The embedder (:mod:`index.embedder`) and the readers (:mod:`qa.onnx_backend`) use it. An
 export is written into a fresh folder and renamed into place, so a cache entry is whole or
-absent; the most recently used :data:`KEEP` entries of each kind are kept.
+absent (an export is ``model.onnx``, the graph, and ``model.onnx.data``, its weights); the
+most recently used :data:`KEEP` entries of each kind are kept.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -94,9 +96,19 @@ def model_input_names(tokenizer) -> list[str]:
             if n in tokenizer.model_input_names]
 
 
+_EXPORTING = threading.Lock()  # torch's tracer is not safe to run in two threads at once
+
+
 def export_module(module, input_names: list[str], output_names: list[str], dest: Path) -> None:
     """Trace ``module(*inputs)`` (int64 inputs of shape batch × tokens, the last four tokens of
-    the second row padding) into the ONNX file ``dest``, batch and tokens left dynamic."""
+    the second row padding) into the ONNX file ``dest``, batch and tokens left dynamic, its
+    weights beside it (:func:`weights_beside`). One export runs at a time in a process."""
+    with _EXPORTING:
+        _export_module(module, input_names, output_names, dest)
+        weights_beside(dest)
+
+
+def _export_module(module, input_names: list[str], output_names: list[str], dest: Path) -> None:
     import torch
 
     example = {"input_ids": torch.full((2, 16), 5), "token_type_ids": torch.zeros(2, 16),
@@ -111,6 +123,20 @@ def export_module(module, input_names: list[str], output_names: list[str], dest:
         torch.onnx.export(module.eval(), args, str(dest), input_names=input_names,
                           output_names=output_names, dynamic_axes=axes, opset_version=17,
                           dynamo=False)
+
+
+def weights_beside(file: Path) -> None:
+    """Rewrite the ONNX file ``file`` with its weights in ``<file>.data`` beside it. ONNX Runtime
+    then reads the graph's small protobuf and the weights as raw bytes instead of parsing them
+    out of one large protobuf: the 12-layer reader (435 MB) opens in about 0.6 s instead of
+    1.6 s, with identical outputs (the README's cold-start row has the measurement)."""
+    import onnx
+
+    model = onnx.load(str(file))
+    data = file.with_name(file.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(model, str(file), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
 
 
 _THREADS: int | None = None  # set by limit_threads

@@ -15,7 +15,8 @@ Runtimes (``--runtime``, the reader setting ``runtime`` in ``spanqa_reader.json`
   have outliers that per-tensor int8 activations clip; quantising them too costs the 12-layer
   reader far more F1 (the README's runtime table has the figures).
 
-The export happens on first use (seconds) into ``<cache_root>/onnx/<key>/model.onnx``, keyed by
+The export happens on first use (seconds) into ``<cache_root>/onnx/<key>/model.onnx`` (and its
+weights, ``model.onnx.data``), keyed by
 the model folder's weights and config, the runtime and :data:`EXPORT_VERSION`, so a changed
 model or recipe makes a new entry (:mod:`index.onnx_runtime` keeps the four most recently
 used). Anything that goes wrong
@@ -26,16 +27,19 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from index.onnx_runtime import OnnxSession, cache_root, export_entry, export_module, files_key, open_cached
+from index.onnx_runtime import OnnxSession, cache_root, export_entry, export_module, files_key, open_cached, weights_beside
 
 log = logging.getLogger("spanqa.onnx")
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
-EXPORT_VERSION = 1  # bump when the export changes (the key holds the quantisation recipe)
+# bump when the export changes (the key holds the quantisation recipe); 2: weights beside
+# the graph (``index.onnx_runtime.weights_beside``)
+EXPORT_VERSION = 2
 INT8_KEEP_FP32 = r"/output/dense/|/attn/o/"  # ONNX node names left in fp32 by ``onnx-int8``
 ONNX_DIR = "onnx"
 OUTPUTS = ("start_logits", "end_logits")
@@ -79,13 +83,15 @@ def export(model, input_names: list[str], dest: Path, int8: bool) -> Path:
             return out.start_logits, out.end_logits
 
     def write(folder: Path) -> None:
-        fp32 = folder / "fp32.onnx"
+        if not int8:
+            export_module(Logits(model), input_names, list(OUTPUTS), folder / dest.name)
+            return
+        fp32 = folder / "fp32" / dest.name
+        fp32.parent.mkdir()
         export_module(Logits(model), input_names, list(OUTPUTS), fp32)
-        if int8:
-            _quantize(fp32, folder / dest.name)
-            fp32.unlink()
-        else:
-            fp32.rename(folder / dest.name)
+        _quantize(fp32, folder / dest.name)
+        weights_beside(folder / dest.name)
+        shutil.rmtree(fp32.parent)
 
     export_entry(dest.parent, write)
     return dest

@@ -72,15 +72,21 @@ def test_a_cached_export_is_used_without_loading_torch(tiny_reader_dir, cache, m
     assert again.runtime == "onnx"
 
 
-def test_a_broken_cache_is_exported_again(tiny_reader_dir, cache, caplog):
+@pytest.mark.parametrize("damage", ["graph", "weights"])
+def test_a_broken_cache_is_exported_again(tiny_reader_dir, cache, caplog, damage):
     good = _logits(ExtractiveReader(str(tiny_reader_dir), runtime="onnx"))[0]
     f = cached_export(tiny_reader_dir, "onnx")
-    f.write_bytes(b"not an onnx file")
+    weights = f.with_name(f.name + ".data")
+    assert weights.stat().st_size > 10 * f.stat().st_size  # the weights live beside the graph
+    if damage == "graph":
+        f.write_bytes(b"not an onnx file")
+    else:
+        weights.unlink()
     with caplog.at_level(logging.WARNING, logger="spanqa.onnx"):
         r = ExtractiveReader(str(tiny_reader_dir), runtime="onnx")
         np.testing.assert_array_equal(_logits(r)[0], good)
     assert "unreadable" in caplog.text and r.runtime == "onnx"
-    assert f.stat().st_size > 1000
+    assert weights.stat().st_size > 10 * f.stat().st_size
 
 
 def test_without_onnxruntime_torch_reads(tiny_reader_dir, cache, monkeypatch, caplog):
