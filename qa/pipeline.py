@@ -183,11 +183,27 @@ class DocumentQA:
         self.store.remove(doc_id)
 
     def warm_up(self) -> None:
-        """Load the embedder and the reader now rather than on the first question."""
-        self.store.embedder.warm_up()
-        self.reader.warm_up()
-        if self.first_reader is not None:
-            self.first_reader.warm_up()
+        """Load the embedder and the reader(s) now rather than on the first question. The
+        readers load in a thread while the embedder loads: opening an ONNX session mostly
+        waits on memory and releases the GIL, so a cold start's largest costs overlap."""
+        failed: list[BaseException] = []
+
+        def load_readers() -> None:
+            try:
+                for reader in (self.reader, self.first_reader):
+                    if reader is not None:
+                        reader.warm_up()
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                failed.append(exc)
+
+        worker = threading.Thread(target=load_readers, name="spanqa-warm-up", daemon=True)
+        worker.start()
+        try:
+            self.store.embedder.warm_up()
+        finally:
+            worker.join()
+        if failed:
+            raise failed[0]
 
     def to_dict(self) -> dict:
         d = {"type": "DocumentQA", "retriever": self.retriever.to_dict(),
