@@ -98,6 +98,7 @@ def bundled_timing(runs: int = 3) -> None:
     store = cached_store([DEFAULT_DOCUMENT])  # the index DocumentQA.default() answers over
     data = json.loads((Path(__file__).parent / "questions" / "us_weapons_in_russia.json").read_text())
     qs = [q["question"] for a in data["data"] for p in a["paragraphs"] for q in p["qas"]]
+    store.embedder.embed([qs[0]])  # the session's first run is slower: not what a question costs
     t = time.perf_counter()
     for q in qs:
         store.embedder.embed([q])
