@@ -163,8 +163,14 @@ def test_train_checkpoints_and_resumes(tmp_path, tiny_reader_dir, capsys):
     state = out / "checkpoint" / "state.pt"
     assert state.exists() and (out / "model" / "spanqa_reader.json").exists()
     capsys.readouterr()
+    # a save stopped between its renames: the last whole checkpoint is moved aside, and the
+    # new one is half written
+    (out / "checkpoint").rename(out / "checkpoint.old")
+    (out / "checkpoint.new").mkdir()
+    (out / "checkpoint.new" / "model.safetensors").write_bytes(b"half")
     assert train_main(common + ["--max-steps", "6", "--resume"]) == 0
     assert "[resume] from step 4" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint"]
     log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
     assert any("eval" in r for r in log)
     cfg = json.loads((out / "model" / "spanqa_reader.json").read_text())

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import time
 from collections import Counter
@@ -464,6 +465,9 @@ class ReaderTrainer:
         self.args = args
         self.out = Path(args.out)
         self.ckpt = self.out / "checkpoint"
+        old = self.out / "checkpoint.old"
+        if not self.ckpt.exists() and (old / "state.pt").exists():
+            os.replace(old, self.ckpt)  # a save stopped between its two renames
         self.rng = random.Random(args.seed)
         self.teacher = None
         self.step = 0
@@ -619,12 +623,21 @@ class ReaderTrainer:
                     log.flush()
 
     def checkpoint(self) -> None:
+        """Save the model, optimiser and schedule as ``checkpoint/``, whole or not at all: they
+        are written into ``checkpoint.new/`` and swapped in by renames, so a run stopped
+        mid-save (a session ending) resumes from the checkpoint before."""
         import torch
 
-        self.model.save_pretrained(self.ckpt, safe_serialization=True)
+        new, old = self.out / "checkpoint.new", self.out / "checkpoint.old"
+        shutil.rmtree(new, ignore_errors=True)
+        self.model.save_pretrained(new, safe_serialization=True)
         torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                    "step": self.step, "minutes": self.minutes()}, self.ckpt / "state.tmp")
-        os.replace(self.ckpt / "state.tmp", self.ckpt / "state.pt")
+                    "step": self.step, "minutes": self.minutes()}, new / "state.pt")
+        if self.ckpt.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.ckpt, old)
+        os.replace(new, self.ckpt)
+        shutil.rmtree(old, ignore_errors=True)
 
     def minutes(self) -> float:
         """Minutes spent in the training loop so far, over every resumed run."""
