@@ -43,13 +43,14 @@ class JsonTokenizer:
     def __init__(self, folder: str | Path, model_input_names: list[str]):
         from tokenizers import Tokenizer
 
+        from index.onnx_runtime import first_line
+
         folder = Path(folder)
         try:
             self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
         except Exception as exc:  # the Rust side raises a bare Exception for a bad file
             raise ValueError(f"{folder / 'tokenizer.json'} is not a tokenizer: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                             ) from None
+                             f"{first_line(exc)}") from None
         saved_padding = self._tok.padding or {}
         self._tok.no_padding()  # a saved file may carry the last call's settings
         self._tok.no_truncation()
@@ -98,14 +99,12 @@ class JsonTokenizer:
         strategy = _STRATEGIES.get(truncation) if truncation not in (False, None) else None
         if truncation not in (False, None, "do_not_truncate") and strategy is None:
             raise ValueError(f"truncation={truncation!r} is not supported")
-        with self._lock:
+        with self._lock:  # truncation is off between calls (``__init__`` and ``finally``)
             if strategy is not None:
                 limit = max_length or self.model_max_length
                 if limit is None:
                     raise ValueError("truncation needs max_length")
                 self._tok.enable_truncation(limit, stride=stride, strategy=strategy)
-            else:
-                self._tok.no_truncation()
             try:
                 return self._tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
             finally:
