@@ -2,6 +2,7 @@
 import json
 import random
 
+import numpy as np
 import pytest
 
 from qa.squad import SquadQuestion
@@ -183,6 +184,27 @@ def test_train_checkpoints_and_resumes(tmp_path, tiny_reader_dir, capsys):
     assert train_main(common + ["--max-steps", "7", "--resume"]) == 0
     cfg = json.loads((out / "model" / "spanqa_reader.json").read_text())
     assert cfg["training"]["steps"] == 7 and cfg["training"]["minutes"] >= 100.0
+
+
+def test_bf16_training_keeps_fp32_weights_and_moves_them(tmp_path, tiny_reader_dir):
+    from safetensors.numpy import load_file
+
+    data = {"version": "v2.0", "data": [{"title": "B", "paragraphs": [{"context": CTX, "qas": [
+        {"id": f"q{i}", "question": "Who opened the bridge?",
+         "answers": [{"text": "Lena Ruiz", "answer_start": CTX.index("Lena Ruiz")}]} for i in range(8)]}]}]}
+    p = tmp_path / "train.json"
+    p.write_text(json.dumps(data))
+    out = tmp_path / "run"
+    assert train_main(["--train", str(p), "--out", str(out), "--base", str(tiny_reader_dir),
+                       "--max-seq-len", "64", "--doc-stride", "24", "--batch-size", "4",
+                       "--max-steps", "3", "--lr", "1e-3", "--save-every", "3", "--bf16"]) == 0
+    before = load_file(str(tiny_reader_dir / "model.safetensors"))
+    after = load_file(str(out / "checkpoint" / "model.safetensors"))
+    head = next(k for k in after if k.startswith("qa_outputs") and k.endswith("weight"))
+    assert after[head].dtype == np.float32
+    assert np.abs(after[head] - before[head]).max() > 0
+    cfg = json.loads((out / "model" / "spanqa_reader.json").read_text())
+    assert cfg["training"]["bf16"] is True
 
 
 def test_training_settings_are_validated_and_their_defaults_live_in_one_place(capsys):
