@@ -105,8 +105,9 @@ def add_runtime_option(p: argparse.ArgumentParser) -> None:
     from qa.onnx_backend import RUNTIMES
 
     p.add_argument("--runtime", choices=RUNTIMES, default=None,
-                   help="what runs the reader: torch (fp32), onnx (fp32) or onnx-int8 "
-                        "(default: the one the reader's folder names; see the README's table)")
+                   help="what runs the reader: torch (fp32), torch-bf16, onnx (fp32), onnx-int8, "
+                        "or auto (torch-bf16 on CPUs with AMX, else onnx) (default: the one "
+                        "the reader's folder names; see the README's table)")
     p.add_argument("--read-all", action="store_true",
                    help="read every retrieved passage at once (the default reader reads its "
                         "first 2, and the rest only when it is unsure)")

@@ -7,7 +7,10 @@ instructions. The README's trade-off table gives the measured speed and F1 of ea
 
 Runtimes (``--runtime``, the reader setting ``runtime`` in ``spanqa_reader.json``):
 
+- ``auto``: ``torch-bf16`` where the CPU has AMX-BF16, else ``onnx`` (:func:`resolve_runtime`).
 - ``torch``: the model in PyTorch, fp32 (training uses this one).
+- ``torch-bf16``: the model in PyTorch with bf16 weights and activations (logits returned as
+  fp32). Fast only on CPUs that compute bf16 in hardware (AMX); elsewhere slower than fp32.
 - ``onnx``: the same weights in ONNX Runtime, fp32.
 - ``onnx-int8``: int8 weights for the query, key, value and feed-forward up-projection
   matrices; the two output projections of each layer (attention's ``attn/o`` or
@@ -36,7 +39,8 @@ from index.onnx_runtime import OnnxSession, cache_root, export_entry, export_mod
 
 log = logging.getLogger("spanqa.onnx")
 
-RUNTIMES = ("torch", "onnx", "onnx-int8")
+RUNTIMES = ("auto", "torch", "torch-bf16", "onnx", "onnx-int8")
+ONNX_RUNTIMES = ("onnx", "onnx-int8")
 # bump when the export changes (the key holds the quantisation recipe); 2: weights beside
 # the graph (``index.onnx_runtime.weights_beside``)
 EXPORT_VERSION = 2
@@ -54,6 +58,17 @@ def check_runtime(name) -> str:
     if name not in RUNTIMES:
         raise OptionError(f"The runtime must be one of {', '.join(RUNTIMES)}, not {name!r}.")
     return name
+
+
+def resolve_runtime(name: str, cpuinfo: str | None = None) -> str:
+    """The runtime that reads for the setting ``name``: ``auto`` is ``torch-bf16`` on CPUs with
+    AMX-BF16 tiles (there bf16 products run several times faster than ONNX Runtime's fp32) and
+    ``onnx`` everywhere else; any other name is itself."""
+    from qa.cpu import CPUINFO, has_amx_bf16
+
+    if name != "auto":
+        return check_runtime(name)
+    return "torch-bf16" if has_amx_bf16(cpuinfo or CPUINFO) else "onnx"
 
 
 def export_key(model_dir: str | Path, runtime: str) -> str:

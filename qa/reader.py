@@ -24,7 +24,7 @@ from qa.calibration import Calibration
 from qa.decoding import decode_windows, min_null_logit
 from qa.errors import ModelNotFoundError, OptionError
 from qa.features import build_windows
-from qa.onnx_backend import check_runtime
+from qa.onnx_backend import ONNX_RUNTIMES, check_runtime, resolve_runtime
 from qa.packed import is_packed, load_packed
 from qa.scoring import RawSpan, ReaderResult, ReaderSpan, score_spans  # noqa: F401 (re-exported)
 
@@ -49,7 +49,7 @@ class ReaderConfig:
     length_penalty: float = 0.0  # logit units per answer token past the first (qa.decoding)
     top_n_per_window: int = 10
     batch_size: int = 32  # windows per forward pass
-    runtime: str = "torch"  # torch | onnx | onnx-int8 (qa.onnx_backend)
+    runtime: str = "torch"  # auto | torch | torch-bf16 | onnx | onnx-int8 (qa.onnx_backend)
     # Staged reading (the pipeline's, qa.pipeline.DocumentQA): read the first
     # ``first_passages`` retrieved passages, and the rest only for questions whose best
     # confidence is below ``first_cut``; 0 reads them all at once.
@@ -183,13 +183,20 @@ class ExtractiveReader:
                 folder = Path(path)
                 cfg = ReaderConfig.load(folder) if folder.is_dir() else ReaderConfig()
                 self.config = cfg.with_overrides(**self._overrides)
-            if self.config.runtime != "torch" and self._start_onnx(path):
+            runtime = resolve_runtime(self.config.runtime)
+            if runtime in ONNX_RUNTIMES and self._start_onnx(path, runtime):
                 return
             if self.tokenizer is None:
                 self.tokenizer = self._load_tokenizer(path)
             if self.model is None:
                 self.model = self._load_torch(path)
-            self.runtime, self._forward = "torch", self._torch_forward
+            if runtime == "torch-bf16":
+                import torch
+
+                self.model = self.model.to(torch.bfloat16)
+            else:
+                runtime = "torch"  # also where an ONNX runtime could not start
+            self.runtime, self._forward = runtime, self._torch_forward
 
     def _load_error(self, exc: Exception) -> ModelNotFoundError:
         return ModelNotFoundError(f"Could not load a question-answering model from "
@@ -227,13 +234,12 @@ class ExtractiveReader:
             raise self._load_error(exc) from None
         return model.to(self.device).eval()
 
-    def _start_onnx(self, path: str) -> bool:
+    def _start_onnx(self, path: str, runtime: str) -> bool:
         """Read with ONNX Runtime (exporting on first use); False, after a log line, when it
         cannot (then torch reads)."""
         from index.onnx_runtime import first_line, model_input_names
         from qa.onnx_backend import open_runtime
 
-        runtime = self.config.runtime
         if self.device != "cpu" or not Path(path).is_dir():
             log.info("spanqa: %s runs on the CPU with a local model folder; torch reads", runtime)
             return False

@@ -244,3 +244,33 @@ def test_limit_threads_sets_what_sessions_use(monkeypatch):
         assert os.environ["OMP_NUM_THREADS"] == "1"
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_is_bf16_only_where_the_cpu_has_amx(tmp_path):
+    from qa.onnx_backend import resolve_runtime
+
+    amx, zen3 = tmp_path / "amx", tmp_path / "zen3"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    zen3.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
+    assert resolve_runtime("auto", str(amx)) == "torch-bf16"
+    assert resolve_runtime("auto", str(zen3)) == "onnx"
+    assert resolve_runtime("auto", str(tmp_path / "no-cpuinfo")) == "onnx"
+    assert resolve_runtime("onnx-int8", str(amx)) == "onnx-int8"  # an explicit choice stays
+    with pytest.raises(OptionError, match="runtime must be one of"):
+        resolve_runtime("tensorrt")
+
+
+def test_bf16_reads_what_fp32_reads_within_bf16_precision(tiny_reader_dir, cache):
+    import torch
+
+    fp32 = ExtractiveReader(str(tiny_reader_dir), runtime="torch")
+    bf16 = ExtractiveReader(str(tiny_reader_dir), runtime="torch-bf16")
+    s0, e0 = _logits(fp32)
+    s1, e1 = _logits(bf16)
+    assert (fp32.runtime, bf16.runtime) == ("torch", "torch-bf16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert s1.dtype == np.float32
+    real = s0 > -1e3
+    assert np.array_equal(real, s1 > -1e3)
+    assert np.abs(s1[real] - s0[real]).max() < 0.05 and np.abs(e1[real] - e0[real]).max() < 0.05
+    assert not np.array_equal(s0[real], s1[real])  # it really computed in bf16
