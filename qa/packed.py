@@ -326,6 +326,30 @@ def _rebuild(path: Path, meta: dict, base_dir: Path):
     return model
 
 
+def packed_weights(path: str | Path) -> dict:
+    """The rebuilt fp32 weights of a packed reader by transformers' names, for
+    :func:`qa.encoders.build_reader`: read from the cache without importing transformers;
+    the first time (or after a broken cache), rebuilt by :func:`load_packed`, which caches."""
+    path = Path(path)
+    meta, base_dir = _read_meta(path)
+    try:
+        cached = _rebuilt_file(path, meta, base_dir)
+    except OSError as exc:
+        raise ModelNotFoundError(f"Could not read the weights of {path}: {exc}") from None
+    if cached.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(cached))
+            os.utime(cached)
+            return state
+        except Exception as exc:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
+            log.warning("spanqa: the cached reader %s is unreadable (%s); rebuilding it",
+                        cached, exc)
+            shutil.rmtree(cached.parent, ignore_errors=True)
+    return load_packed(path).state_dict()
+
+
 def load_packed(path: str | Path, cache: bool = True):
     """Rebuild the QA model saved by :func:`pack_reader` (fp32, on the CPU).
 

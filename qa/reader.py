@@ -25,7 +25,7 @@ from qa.decoding import decode_windows, min_null_logit
 from qa.errors import ModelNotFoundError, OptionError
 from qa.features import build_windows
 from qa.onnx_backend import ONNX_RUNTIMES, check_runtime, resolve_runtime
-from qa.packed import is_packed, load_packed
+from qa.packed import is_packed, load_packed, packed_weights
 from qa.scoring import RawSpan, ReaderResult, ReaderSpan, score_spans  # noqa: F401 (re-exported)
 
 log = logging.getLogger("spanqa.reader")
@@ -186,16 +186,17 @@ class ExtractiveReader:
             runtime = resolve_runtime(self.config.runtime)
             if runtime in ONNX_RUNTIMES and self._start_onnx(path, runtime):
                 return
-            if self.tokenizer is None:
-                self.tokenizer = self._load_tokenizer(path)
+            if runtime != "torch-bf16":
+                runtime = "torch"  # also where an ONNX runtime could not start
             if self.model is None:
-                self.model = self._load_torch(path)
-            if runtime == "torch-bf16":
+                self.model = self._load_torch(path, bf16=runtime == "torch-bf16")
+            elif runtime == "torch-bf16":
                 import torch
 
                 self.model = self.model.to(torch.bfloat16)
-            else:
-                runtime = "torch"  # also where an ONNX runtime could not start
+            if self.tokenizer is None:
+                names = getattr(self.model, "input_names", None)  # our own modules say
+                self.tokenizer = self._load_tokenizer(path, list(names) if names else None)
             self.runtime, self._forward = runtime, self._torch_forward
 
     def _load_error(self, exc: Exception) -> ModelNotFoundError:
@@ -221,18 +222,47 @@ class ExtractiveReader:
                 f"{self.model_name!r} has no fast tokenizer; character offsets need one.")
         return tokenizer
 
-    def _load_torch(self, path: str):
+    def _load_torch(self, path: str, bf16: bool = False, native: bool = True):
+        """The torch model, fp32 or bf16: with ``native``, a local folder of one of the two
+        reader architectures is built by :mod:`qa.encoders` without importing transformers;
+        anything else (and the ONNX export, ``native=False``) by transformers."""
         import torch
-        from transformers import AutoModelForQuestionAnswering
 
+        dtype = torch.bfloat16 if bf16 else torch.float32
         try:
-            if is_packed(path):  # a low-rank delta over a pip-shipped base (qa/packed.py)
-                model = load_packed(path)
-            else:
-                model = AutoModelForQuestionAnswering.from_pretrained(path, dtype=torch.float32)
+            model = self._load_native(path, dtype) if native else None
+            if model is None:
+                from transformers import AutoModelForQuestionAnswering
+
+                if is_packed(path):  # a low-rank delta over a pip-shipped base (qa/packed.py)
+                    model = load_packed(path)
+                else:
+                    model = AutoModelForQuestionAnswering.from_pretrained(
+                        path, dtype=torch.float32)
+                model = model.to(dtype)
         except (OSError, ValueError) as exc:
             raise self._load_error(exc) from None
         return model.to(self.device).eval()
+
+    @staticmethod
+    def _load_native(path: str, dtype):
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            return None
+        from qa.encoders import architecture, build_reader, read_config
+
+        config = read_config(folder)
+        if architecture(config) is None:
+            return None
+        if is_packed(folder):
+            state = packed_weights(folder)
+        elif (folder / "model.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(folder / "model.safetensors"))
+        else:
+            return None  # pytorch_model.bin and the like: transformers reads them
+        return build_reader(config, state, dtype)
 
     def _start_onnx(self, path: str, runtime: str) -> bool:
         """Read with ONNX Runtime (exporting on first use); False, after a log line, when it
@@ -248,7 +278,7 @@ class ExtractiveReader:
             if self.tokenizer is None:
                 self.tokenizer = self._load_tokenizer(path)
             if self.model is None:
-                self.model = self._load_torch(path)
+                self.model = self._load_torch(path, native=False)
             return self.model, model_input_names(self.tokenizer)
 
         try:
