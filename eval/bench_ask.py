@@ -15,7 +15,9 @@ latency (int8 products counted as FLOP). Only what the reader was handed counts:
 reading, the first passages for most questions.
 The fp32 peak it is set against is cores × clock (``/proc/cpuinfo``) × FLOP per cycle from
 the CPU's vector units (:func:`flop_per_cycle`); the clock is the nominal one the VM reports,
-so boost can put the real peak higher. ``--runtime`` picks what runs the readers.
+so boost can put the real peak higher. A ``torch-bf16`` reader on a CPU with AMX is set
+against the tile unit's nominal bf16 peak instead (:func:`bf16_peak_gflops`). ``--runtime``
+picks what runs the readers.
 """
 from __future__ import annotations
 
@@ -83,8 +85,7 @@ def flop_per_cycle(vendor: str, family: int | None, flags: set[str]) -> tuple[in
     return 16, "no FMA"
 
 
-def fp32_peak_gflops() -> tuple[float, str]:
-    """The CPU's nominal fp32 peak and how it was computed."""
+def _cpuinfo() -> dict[str, str]:
     info: dict[str, str] = {}
     try:
         for line in open("/proc/cpuinfo"):
@@ -92,6 +93,12 @@ def fp32_peak_gflops() -> tuple[float, str]:
             info.setdefault(k.strip(), v.strip())
     except OSError:
         pass
+    return info
+
+
+def fp32_peak_gflops() -> tuple[float, str]:
+    """The CPU's nominal fp32 peak and how it was computed."""
+    info = _cpuinfo()
     cores = len(os.sched_getaffinity(0))
     if "cpu MHz" not in info:
         return float("nan"), "clock unknown"
@@ -99,6 +106,21 @@ def fp32_peak_gflops() -> tuple[float, str]:
     fpc, how = flop_per_cycle(info.get("vendor_id", ""), family, set(info.get("flags", "").split()))
     ghz = float(info["cpu MHz"]) / 1000
     return cores * ghz * fpc, f"{cores} core{'s' if cores != 1 else ''} x {ghz:.2f} GHz x {fpc} FLOP/cycle, {how}"
+
+
+AMX_BF16_FLOP_PER_CYCLE = 1024  # Intel's figure for one core's AMX tile unit, bf16
+
+
+def bf16_peak_gflops() -> tuple[float, str] | None:
+    """The nominal AMX-BF16 peak (None without AMX): what a ``torch-bf16`` reader is set
+    against, since its products run on the tile unit, not the vector FMA pipes."""
+    info = _cpuinfo()
+    if "amx_bf16" not in info.get("flags", "").split() or "cpu MHz" not in info:
+        return None
+    cores, ghz = len(os.sched_getaffinity(0)), float(info["cpu MHz"]) / 1000
+    return (cores * ghz * AMX_BF16_FLOP_PER_CYCLE,
+            f"{cores} core{'s' if cores != 1 else ''} x {ghz:.2f} GHz x "
+            f"{AMX_BF16_FLOP_PER_CYCLE} bf16 FLOP/cycle, AMX")
 
 
 def reader_work(reader, question: str, passages: list[str]) -> dict:
@@ -182,14 +204,16 @@ def main() -> None:
     mean = float(np.mean(t))
     print(f"warm ask(), {args.n} questions, {args.passages} passages, {session_threads()} "
           f"threads: p50 {p50:.0f} ms, p95 {np.percentile(t, 95):.0f} ms, mean {mean:.0f} ms")
-    peak, how = fp32_peak_gflops()
+    fp32_peak, amx_peak = fp32_peak_gflops(), bf16_peak_gflops()
     for name, w in work_per_question(args.reader, args.passages).items():
+        bf16 = "bf16" in name and amx_peak is not None
+        peak, how = amx_peak if bf16 else fp32_peak
         print(f"reader {name}, read for {100 * w['share']:.0f}% of questions: {w['windows']:.1f} "
               f"windows, {w['tokens']:.0f} tokens read "
               f"({w['tokens_computed']:.0f} computed with padding), {w['gflop']:.1f} GFLOP per "
               f"question; over the mean latency {w['gflop'] * w['share'] / (mean / 1000):.0f} GFLOP/s (int8 "
               f"products counted as FLOP), against "
-              f"an fp32 peak of {peak:.0f} GFLOP/s ({how})")
+              f"{'an AMX-BF16' if bf16 else 'an fp32'} peak of {peak:.0f} GFLOP/s ({how})")
 
 
 if __name__ == "__main__":
