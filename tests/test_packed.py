@@ -156,3 +156,29 @@ def test_the_rebuilt_model_is_cached_and_a_broken_cache_is_rebuilt(base_and_tune
         pack_reader(tmp / "tuned", str(base_dir), rank=rank, out=tmp / "packed")
         load_packed(tmp / "packed")
     assert len(list((tmp / "cache" / "rebuilt").glob("*/model.safetensors"))) == 3
+
+
+def test_packed_weights_read_the_cache_and_build_our_own_module(base_and_tuned, monkeypatch):
+    from qa.encoders import BertQA, build_reader, read_config
+    from qa.packed import packed_weights
+
+    base_dir, tuned, tmp = base_and_tuned
+    monkeypatch.setenv("SPANQA_CACHE", str(tmp / "cache"))
+    pack_reader(tmp / "tuned", str(base_dir), rank=4, out=tmp / "packed")
+    first = packed_weights(tmp / "packed")  # no cache yet: rebuilt, then cached
+    cached = list((tmp / "cache" / "rebuilt").glob("*/model.safetensors"))
+    assert len(cached) == 1
+    again = packed_weights(tmp / "packed")  # from the cache
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    model = build_reader(read_config(tmp / "packed"), again)
+    assert isinstance(model, BertQA)
+    x = torch.randint(0, 120, (2, 10))
+    with torch.inference_mode():
+        assert torch.allclose(model(input_ids=x).start_logits,
+                              load_packed(tmp / "packed").eval()(input_ids=x).start_logits,
+                              atol=1e-5)
+    del model, again  # they map the cached file, which the next line overwrites in place
+    cached[0].write_bytes(b"broken")  # a broken cache is rebuilt, not an error
+    assert torch.equal(packed_weights(tmp / "packed")["qa_outputs.weight"],
+                       first["qa_outputs.weight"])
