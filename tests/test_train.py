@@ -24,8 +24,20 @@ from qa.training.reader import main as train_main
 CTX = ("Alpha facts come first. " * 30) + "The bridge was opened in 1932 by Mayor Lena Ruiz. " + ("Omega. " * 30)
 
 
-def test_labels_cover_exactly_the_answer(tiny_reader):
-    tok = tiny_reader.tokenizer
+@pytest.fixture(scope="module")
+def tiny_hf(tiny_reader_dir):
+    """The tiny reader as training loads it: transformers' tokenizer and model (the reader's
+    own runtime builds :mod:`qa.encoders` modules, which do not train)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    return SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(tiny_reader_dir),
+                           model=AutoModelForQuestionAnswering.from_pretrained(tiny_reader_dir))
+
+
+def test_labels_cover_exactly_the_answer(tiny_hf):
+    tok = tiny_hf.tokenizer
     start = CTX.index("Lena Ruiz")
     q = SquadQuestion("1", "Who opened the bridge?", CTX, "t", 0, [("Lena Ruiz", start)])
     feats = build_features(tok, [q], max_seq_len=64, doc_stride=24, rng=random.Random(0))
@@ -37,8 +49,8 @@ def test_labels_cover_exactly_the_answer(tiny_reader):
     assert tok.decode(pos[0].input_ids[s:e + 1]).lower() == "lena ruiz"
 
 
-def test_every_distinct_gold_answer_is_a_target_majority_first(tiny_reader):
-    tok = tiny_reader.tokenizer
+def test_every_distinct_gold_answer_is_a_target_majority_first(tiny_hf):
+    tok = tiny_hf.tokenizer
     short, full = CTX.index("Lena Ruiz"), CTX.index("Mayor Lena Ruiz")
     q = SquadQuestion("1", "Who opened the bridge?", CTX, "t", 0,
                       [("Mayor Lena Ruiz", full), ("Lena Ruiz", short), ("Lena Ruiz", short)])
@@ -48,17 +60,17 @@ def test_every_distinct_gold_answer_is_a_target_majority_first(tiny_reader):
     assert texts == ["lena ruiz", "mayor lena ruiz"]
 
 
-def test_unanswerable_questions_point_every_window_at_no_answer(tiny_reader):
+def test_unanswerable_questions_point_every_window_at_no_answer(tiny_hf):
     q = SquadQuestion("2", "Who painted it?", CTX, "t", 0, [])
-    feats = build_features(tiny_reader.tokenizer, [q], 64, 24, random.Random(0))
+    feats = build_features(tiny_hf.tokenizer, [q], 64, 24, random.Random(0))
     assert len(feats) > 3 and all(f.spans == [(0, 0)] for f in feats)
 
 
-def test_span_loss_is_the_usual_loss_for_one_gold_and_lower_with_more(tiny_reader):
+def test_span_loss_is_the_usual_loss_for_one_gold_and_lower_with_more(tiny_hf):
     import torch
 
-    model = tiny_reader.model.float().eval()
-    tok = tiny_reader.tokenizer
+    model = tiny_hf.model.float().eval()
+    tok = tiny_hf.tokenizer
     q = SquadQuestion("1", "Who opened the bridge?", CTX, "t", 0, [("Lena Ruiz", CTX.index("Lena Ruiz"))])
     feats = build_features(tok, [q], 64, 24, random.Random(0))
     pos = next(f for f in feats if f.spans != [(0, 0)])
@@ -105,10 +117,10 @@ def test_other_paragraph_negatives_stay_in_the_article_and_never_hold_a_gold_ans
     assert other_paragraph_negatives(qs, 0.0, random.Random(0)) == []
 
 
-def test_freezing_lower_layers_leaves_the_top_and_the_head_trainable(tiny_reader):
+def test_freezing_lower_layers_leaves_the_top_and_the_head_trainable(tiny_hf):
     import copy
 
-    model = copy.deepcopy(tiny_reader.model)  # 2 encoder layers
+    model = copy.deepcopy(tiny_hf.model)  # 2 encoder layers
     assert freeze_lower_layers(model, 0) == 0
     frozen = freeze_lower_layers(model, 1)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -120,8 +132,8 @@ def test_freezing_lower_layers_leaves_the_top_and_the_head_trainable(tiny_reader
     assert sum(len(g["params"]) for g in groups) == len(trainable)
 
 
-def test_layer_decay_gives_lower_layers_smaller_learning_rates(tiny_reader):
-    model = tiny_reader.model  # 2 encoder layers
+def test_layer_decay_gives_lower_layers_smaller_learning_rates(tiny_hf):
+    model = tiny_hf.model  # 2 encoder layers
     names = {id(p): n for n, p in model.named_parameters()}
     groups = parameter_groups(model, lr=1e-3, weight_decay=0.01, layer_decay=0.5)
     lr_of = {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
