@@ -96,16 +96,21 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
-def fp32_peak_gflops() -> tuple[float, str]:
-    """The CPU's nominal fp32 peak and how it was computed."""
-    info = _cpuinfo()
+def _peak(info: dict[str, str], fpc: int, how: str) -> tuple[float, str]:
+    """cores × nominal clock × ``fpc`` FLOP per cycle, and how it was computed."""
     cores = len(os.sched_getaffinity(0))
     if "cpu MHz" not in info:
         return float("nan"), "clock unknown"
-    family = int(info["cpu family"]) if info.get("cpu family", "").isdigit() else None
-    fpc, how = flop_per_cycle(info.get("vendor_id", ""), family, set(info.get("flags", "").split()))
     ghz = float(info["cpu MHz"]) / 1000
     return cores * ghz * fpc, f"{cores} core{'s' if cores != 1 else ''} x {ghz:.2f} GHz x {fpc} FLOP/cycle, {how}"
+
+
+def fp32_peak_gflops() -> tuple[float, str]:
+    """The CPU's nominal fp32 peak and how it was computed."""
+    info = _cpuinfo()
+    family = int(info["cpu family"]) if info.get("cpu family", "").isdigit() else None
+    return _peak(info, *flop_per_cycle(info.get("vendor_id", ""), family,
+                                      set(info.get("flags", "").split())))
 
 
 AMX_BF16_FLOP_PER_CYCLE = 1024  # Intel's figure for one core's AMX tile unit, bf16
@@ -114,13 +119,11 @@ AMX_BF16_FLOP_PER_CYCLE = 1024  # Intel's figure for one core's AMX tile unit, b
 def bf16_peak_gflops() -> tuple[float, str] | None:
     """The nominal AMX-BF16 peak (None without AMX): what a ``torch-bf16`` reader is set
     against, since its products run on the tile unit, not the vector FMA pipes."""
-    info = _cpuinfo()
-    if "amx_bf16" not in info.get("flags", "").split() or "cpu MHz" not in info:
+    from qa.cpu import has_amx_bf16
+
+    if not has_amx_bf16():
         return None
-    cores, ghz = len(os.sched_getaffinity(0)), float(info["cpu MHz"]) / 1000
-    return (cores * ghz * AMX_BF16_FLOP_PER_CYCLE,
-            f"{cores} core{'s' if cores != 1 else ''} x {ghz:.2f} GHz x "
-            f"{AMX_BF16_FLOP_PER_CYCLE} bf16 FLOP/cycle, AMX")
+    return _peak(_cpuinfo(), AMX_BF16_FLOP_PER_CYCLE, "bf16 on AMX")
 
 
 def reader_work(reader, question: str, passages: list[str]) -> dict:

@@ -64,11 +64,16 @@ def _padding_bias(attention_mask, dtype):
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
-class _FeedForward(nn.Module):
-    def __init__(self, hidden: int, inner: int, eps: float):
+class _Layer(nn.Module):
+    """What both architectures' layers share: the feed-forward sublayer (``intermediate``,
+    ``output``) and the head count; each subclass adds its ``attention``."""
+
+    def __init__(self, cfg: dict):
         super().__init__()
-        self.intermediate = _Dense(hidden, inner)
-        self.output = _DenseNorm(inner, hidden, eps)
+        h, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
+        self.intermediate = _Dense(h, cfg["intermediate_size"])
+        self.output = _DenseNorm(cfg["intermediate_size"], h, eps)
+        self.heads = cfg["num_attention_heads"]
 
     def feed_forward(self, x):
         return self.output(F.gelu(self.intermediate.dense(x)), x)
@@ -89,11 +94,10 @@ class _MPNetAttention(nn.Module):
         self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
 
 
-class _MPNetLayer(_FeedForward):
-    def __init__(self, hidden: int, inner: int, eps: float, heads: int):
-        super().__init__(hidden, inner, eps)
-        self.attention = _MPNetAttention(hidden, eps)
-        self.heads = heads
+class _MPNetLayer(_Layer):
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.attention = _MPNetAttention(cfg["hidden_size"], cfg["layer_norm_eps"])
 
     def forward(self, x, bias):
         a = self.attention.attn
@@ -102,31 +106,38 @@ class _MPNetLayer(_FeedForward):
         return self.feed_forward(x)
 
 
-class _MPNetEmbeddings(nn.Module):
-    def __init__(self, vocab: int, positions: int, hidden: int, eps: float):
+class _Embeddings(nn.Module):
+    """Word and position tables and their LayerNorm (BERT adds token types)."""
+
+    def __init__(self, cfg: dict, token_types: bool = False):
         super().__init__()
-        self.word_embeddings = nn.Embedding(vocab, hidden)
-        self.position_embeddings = nn.Embedding(positions, hidden)
-        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        h = cfg["hidden_size"]
+        self.word_embeddings = nn.Embedding(cfg["vocab_size"], h)
+        self.position_embeddings = nn.Embedding(cfg["max_position_embeddings"], h)
+        if token_types:
+            self.token_type_embeddings = nn.Embedding(cfg.get("type_vocab_size", 2), h)
+        self.LayerNorm = nn.LayerNorm(h, eps=cfg["layer_norm_eps"])
 
 
-class _MPNetEncoder(nn.Module):
+class _Encoder(nn.Module):
+    def __init__(self, cfg: dict, layer: type[_Layer]):
+        super().__init__()
+        self.layer = nn.ModuleList(layer(cfg) for _ in range(cfg["num_hidden_layers"]))
+
+
+class _MPNetEncoder(_Encoder):
     def __init__(self, cfg: dict):
-        super().__init__()
-        h, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
-        self.layer = nn.ModuleList(
-            _MPNetLayer(h, cfg["intermediate_size"], eps, cfg["num_attention_heads"])
-            for _ in range(cfg["num_hidden_layers"]))
+        super().__init__(cfg, _MPNetLayer)
         self.relative_attention_bias = nn.Embedding(cfg.get("relative_attention_num_buckets", 32),
                                                     cfg["num_attention_heads"])
 
 
-class _MPNetModel(nn.Module):
-    def __init__(self, cfg: dict):
+class _Model(nn.Module):
+    """``embeddings`` then ``encoder``: the names under ``mpnet.`` / ``bert.``."""
+
+    def __init__(self, embeddings: nn.Module, encoder: nn.Module):
         super().__init__()
-        self.embeddings = _MPNetEmbeddings(cfg["vocab_size"], cfg["max_position_embeddings"],
-                                           cfg["hidden_size"], cfg["layer_norm_eps"])
-        self.encoder = _MPNetEncoder(cfg)
+        self.embeddings, self.encoder = embeddings, encoder
 
 
 def relative_position_bucket(relative: torch.Tensor, num_buckets: int = 32,
@@ -151,7 +162,7 @@ class MPNetQA(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         self.padding_idx = cfg.get("pad_token_id", 1)
-        self.mpnet = _MPNetModel(cfg)
+        self.mpnet = _Model(_Embeddings(cfg), _MPNetEncoder(cfg))
         self.qa_outputs = nn.Linear(cfg["hidden_size"], 2)
 
     def forward(self, input_ids, attention_mask=None, **_):
@@ -188,41 +199,15 @@ class _BertAttention(nn.Module):
         self.output = _DenseNorm(hidden, hidden, eps)
 
 
-class _BertLayer(_FeedForward):
-    def __init__(self, hidden: int, inner: int, eps: float, heads: int):
-        super().__init__(hidden, inner, eps)
-        self.attention = _BertAttention(hidden, eps)
-        self.heads = heads
+class _BertLayer(_Layer):
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.attention = _BertAttention(cfg["hidden_size"], cfg["layer_norm_eps"])
 
     def forward(self, x, bias):
         s = self.attention.self
         ctx = _attend(s.query(x), s.key(x), s.value(x), self.heads, bias)
         return self.feed_forward(self.attention.output(ctx, x))
-
-
-class _BertEmbeddings(nn.Module):
-    def __init__(self, cfg: dict):
-        super().__init__()
-        h = cfg["hidden_size"]
-        self.word_embeddings = nn.Embedding(cfg["vocab_size"], h)
-        self.position_embeddings = nn.Embedding(cfg["max_position_embeddings"], h)
-        self.token_type_embeddings = nn.Embedding(cfg.get("type_vocab_size", 2), h)
-        self.LayerNorm = nn.LayerNorm(h, eps=cfg["layer_norm_eps"])
-
-
-class _BertEncoder(nn.Module):
-    def __init__(self, cfg: dict):
-        super().__init__()
-        self.layer = nn.ModuleList(
-            _BertLayer(cfg["hidden_size"], cfg["intermediate_size"], cfg["layer_norm_eps"],
-                       cfg["num_attention_heads"]) for _ in range(cfg["num_hidden_layers"]))
-
-
-class _BertModel(nn.Module):
-    def __init__(self, cfg: dict):
-        super().__init__()
-        self.embeddings = _BertEmbeddings(cfg)
-        self.encoder = _BertEncoder(cfg)
 
 
 class BertQA(nn.Module):
@@ -232,7 +217,7 @@ class BertQA(nn.Module):
 
     def __init__(self, cfg: dict):
         super().__init__()
-        self.bert = _BertModel(cfg)
+        self.bert = _Model(_Embeddings(cfg, token_types=True), _Encoder(cfg, _BertLayer))
         self.qa_outputs = nn.Linear(cfg["hidden_size"], 2)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_):

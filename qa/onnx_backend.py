@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from index.onnx_runtime import OnnxSession, cache_root, export_entry, export_module, files_key, open_cached, weights_beside
+from qa.cpu import CPUINFO, has_amx_bf16
 
 log = logging.getLogger("spanqa.onnx")
 
@@ -60,15 +61,13 @@ def check_runtime(name) -> str:
     return name
 
 
-def resolve_runtime(name: str, cpuinfo: str | None = None) -> str:
+def resolve_runtime(name: str, cpuinfo: str = CPUINFO) -> str:
     """The runtime that reads for the setting ``name``: ``auto`` is ``torch-bf16`` on CPUs with
     AMX-BF16 tiles (there bf16 products run several times faster than ONNX Runtime's fp32) and
     ``onnx`` everywhere else; any other name is itself."""
-    from qa.cpu import CPUINFO, has_amx_bf16
-
     if name != "auto":
         return check_runtime(name)
-    return "torch-bf16" if has_amx_bf16(cpuinfo or CPUINFO) else "onnx"
+    return "torch-bf16" if has_amx_bf16(cpuinfo) else "onnx"
 
 
 def export_key(model_dir: str | Path, runtime: str) -> str:

@@ -238,19 +238,37 @@ def _rebuilt_file(path: Path, meta: dict, base_dir: Path) -> Path:
 def _load_rebuilt(cached: Path, path: Path):
     """The model from a cached rebuild, or None when there is none or it is unreadable (then
     it is removed, and the caller rebuilds)."""
+    state = _read_rebuilt(cached)
+    if state is None:
+        return None
+    try:
+        model = _empty_qa_model(path)
+        model.load_state_dict(state, strict=True, assign=True)
+        return model
+    except Exception as exc:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
+        _drop_rebuilt(cached, exc)
+        return None
+
+
+def _read_rebuilt(cached: Path) -> dict | None:
+    """The cached rebuilt weights (marked recently used), or None when there are none or they
+    are unreadable (then the entry is removed)."""
     if not cached.is_file():
         return None
     from safetensors.torch import load_file
 
     try:
-        model = _empty_qa_model(path)
-        model.load_state_dict(load_file(str(cached)), strict=True, assign=True)
-        os.utime(cached)  # recently used: kept when older rebuilds are pruned
-        return model
+        state = load_file(str(cached))
     except Exception as exc:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
-        log.warning("spanqa: the cached reader %s is unreadable (%s); rebuilding it", cached, exc)
-        shutil.rmtree(cached.parent, ignore_errors=True)
+        _drop_rebuilt(cached, exc)
         return None
+    os.utime(cached)  # recently used: kept when older rebuilds are pruned
+    return state
+
+
+def _drop_rebuilt(cached: Path, exc: Exception) -> None:
+    log.warning("spanqa: the cached reader %s is unreadable (%s); rebuilding it", cached, exc)
+    shutil.rmtree(cached.parent, ignore_errors=True)
 
 
 def _save_rebuilt(model, cached: Path) -> None:
@@ -336,18 +354,8 @@ def packed_weights(path: str | Path) -> dict:
         cached = _rebuilt_file(path, meta, base_dir)
     except OSError as exc:
         raise ModelNotFoundError(f"Could not read the weights of {path}: {exc}") from None
-    if cached.is_file():
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(cached))
-            os.utime(cached)
-            return state
-        except Exception as exc:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
-            log.warning("spanqa: the cached reader %s is unreadable (%s); rebuilding it",
-                        cached, exc)
-            shutil.rmtree(cached.parent, ignore_errors=True)
-    return load_packed(path).state_dict()
+    state = _read_rebuilt(cached)
+    return state if state is not None else load_packed(path).state_dict()
 
 
 def load_packed(path: str | Path, cache: bool = True):

@@ -188,12 +188,8 @@ class ExtractiveReader:
                 return
             if runtime != "torch-bf16":
                 runtime = "torch"  # also where an ONNX runtime could not start
-            if self.model is None:
+            if self.model is None:  # else loaded for an ONNX export that then failed: fp32
                 self.model = self._load_torch(path, bf16=runtime == "torch-bf16")
-            elif runtime == "torch-bf16":
-                import torch
-
-                self.model = self.model.to(torch.bfloat16)
             if self.tokenizer is None:
                 names = getattr(self.model, "input_names", None)  # our own modules say
                 self.tokenizer = self._load_tokenizer(path, list(names) if names else None)

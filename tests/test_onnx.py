@@ -34,11 +34,14 @@ def _logits(reader):
     return start, end
 
 
+def _read_with(folder, *runtimes):
+    """``(reader, start, end)`` for the same windows read by each runtime."""
+    readers = [ExtractiveReader(str(folder), runtime=r) for r in runtimes]
+    return [(r, *_logits(r)) for r in readers]
+
+
 def test_onnx_reads_what_torch_reads(tiny_reader_dir, cache):
-    torch_r = ExtractiveReader(str(tiny_reader_dir), runtime="torch")
-    onnx_r = ExtractiveReader(str(tiny_reader_dir), runtime="onnx")
-    s0, e0 = _logits(torch_r)
-    s1, e1 = _logits(onnx_r)
+    (torch_r, s0, e0), (onnx_r, s1, e1) = _read_with(tiny_reader_dir, "torch", "onnx")
     assert (torch_r.runtime, onnx_r.runtime) == ("torch", "onnx")
     assert onnx_r.model is None  # the torch copy was dropped after the export
     np.testing.assert_allclose(s1, s0, atol=1e-4)
@@ -263,10 +266,7 @@ def test_auto_is_bf16_only_where_the_cpu_has_amx(tmp_path):
 def test_bf16_reads_what_fp32_reads_within_bf16_precision(tiny_reader_dir, cache):
     import torch
 
-    fp32 = ExtractiveReader(str(tiny_reader_dir), runtime="torch")
-    bf16 = ExtractiveReader(str(tiny_reader_dir), runtime="torch-bf16")
-    s0, e0 = _logits(fp32)
-    s1, e1 = _logits(bf16)
+    (fp32, s0, e0), (bf16, s1, e1) = _read_with(tiny_reader_dir, "torch", "torch-bf16")
     assert (fp32.runtime, bf16.runtime) == ("torch", "torch-bf16")
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     assert s1.dtype == np.float32

@@ -162,12 +162,19 @@ def test_periodic_actions_run_every_n_steps_and_after_the_last_and_zero_means_on
     assert [s for s in range(1, 11) if due(s, 0, 10)] == [10]  # --save-every 0 used to divide by zero
 
 
-def test_train_checkpoints_and_resumes(tmp_path, tiny_reader_dir, capsys):
+def _bridge_set(tmp_path, n: int):
+    """A SQuAD file of ``n`` copies of one answerable question about CTX."""
     data = {"version": "v2.0", "data": [{"title": "B", "paragraphs": [{"context": CTX, "qas": [
         {"id": f"q{i}", "question": "Who opened the bridge?",
-         "answers": [{"text": "Lena Ruiz", "answer_start": CTX.index("Lena Ruiz")}]} for i in range(12)]}]}]}
+         "answers": [{"text": "Lena Ruiz", "answer_start": CTX.index("Lena Ruiz")}]}
+        for i in range(n)]}]}]}
     p = tmp_path / "train.json"
     p.write_text(json.dumps(data))
+    return p
+
+
+def test_train_checkpoints_and_resumes(tmp_path, tiny_reader_dir, capsys):
+    p = _bridge_set(tmp_path, 12)
     out = tmp_path / "run"
     common = ["--train", str(p), "--dev", str(p), "--out", str(out), "--base", str(tiny_reader_dir),
               "--max-seq-len", "64", "--doc-stride", "24", "--batch-size", "4", "--epochs", "3",
@@ -201,11 +208,7 @@ def test_train_checkpoints_and_resumes(tmp_path, tiny_reader_dir, capsys):
 def test_bf16_training_keeps_fp32_weights_and_moves_them(tmp_path, tiny_reader_dir):
     from safetensors.numpy import load_file
 
-    data = {"version": "v2.0", "data": [{"title": "B", "paragraphs": [{"context": CTX, "qas": [
-        {"id": f"q{i}", "question": "Who opened the bridge?",
-         "answers": [{"text": "Lena Ruiz", "answer_start": CTX.index("Lena Ruiz")}]} for i in range(8)]}]}]}
-    p = tmp_path / "train.json"
-    p.write_text(json.dumps(data))
+    p = _bridge_set(tmp_path, 8)
     out = tmp_path / "run"
     assert train_main(["--train", str(p), "--out", str(out), "--base", str(tiny_reader_dir),
                        "--max-seq-len", "64", "--doc-stride", "24", "--batch-size", "4",
