@@ -20,6 +20,18 @@ _QUESTION_WORDS = ("who", "whom", "whose", "what", "when", "where", "which", "wh
 
 
 @functools.lru_cache(maxsize=1)
+def _bm25s():
+    """The bm25s module. Importing it sets its logger to DEBUG, which prints a line per index
+    built into any application log at INFO; put it back to WARNING, once."""
+    import logging
+
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+@functools.lru_cache(maxsize=1)
 def _stopwords() -> tuple[str, ...]:
     from bm25s.stopwords import STOPWORDS_EN
 
@@ -43,16 +55,12 @@ class LexicalIndex:
 
     @classmethod
     def _tokenize(cls, texts: list[str], return_ids: bool):
-        import bm25s
-
-        return bm25s.tokenize(texts, token_pattern=TOKEN_PATTERN, stopwords=list(_stopwords()),
+        return _bm25s().tokenize(texts, token_pattern=TOKEN_PATTERN, stopwords=list(_stopwords()),
                               stemmer=cls._stemmer(), return_ids=return_ids, show_progress=False)
 
     @classmethod
     def build(cls, texts: list[str]) -> "LexicalIndex":
-        import bm25s
-
-        bm25 = bm25s.BM25(k1=1.5, b=0.75)
+        bm25 = _bm25s().BM25(k1=1.5, b=0.75)
         tokens = cls._tokenize(list(texts), True) if texts else None
         if tokens is None or not tokens.vocab:  # nothing but stop words: nothing to match
             return cls(None, len(texts))
@@ -79,12 +87,10 @@ class LexicalIndex:
     def load(cls, folder: str | Path, n: int) -> "LexicalIndex":
         """Read an index saved by :meth:`save` for ``n`` chunks; ``ValueError`` when it does
         not hold ``n`` chunks."""
-        import bm25s
-
         folder = Path(folder)
         if not any(folder.iterdir()):
             return cls(None, n)
-        bm25 = bm25s.BM25.load(str(folder), allow_pickle=False, show_progress=False)
+        bm25 = _bm25s().BM25.load(str(folder), allow_pickle=False, show_progress=False)
         got = int(bm25.scores["num_docs"])
         if got != n:
             raise ValueError(f"the lexical index holds {got} chunks, not {n}")

@@ -283,3 +283,16 @@ def test_damaged_sentence_rows_are_caught(tmp_path, embedder):
     manifest.write_text(json.dumps(m))
     with pytest.raises(CorruptStoreError, match="sentence_rows.npy"):
         DocumentStore.load(tmp_path / "s")
+
+
+def test_building_a_lexical_index_does_not_turn_on_bm25s_debug_logging(caplog):
+    """bm25s sets its own logger to DEBUG on import; an application logging at INFO must not
+    get a line per index built (a training run builds thousands)."""
+    import logging
+
+    from index.lexical import LexicalIndex
+
+    with caplog.at_level(logging.INFO):
+        LexicalIndex.build(["the cat sat", "a dog ran"]).scores(["cat"])
+    assert logging.getLogger("bm25s").getEffectiveLevel() == logging.WARNING
+    assert not [r for r in caplog.records if r.name.startswith("bm25s")]
