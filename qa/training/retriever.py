@@ -66,6 +66,10 @@ class RetrieverTrainingArgs:
     # rankers that mine the negative: "lexical" (BM25, seconds) or "hybrid" (BM25 fused with
     # the base embedder; embedding every chunk of the plan's articles costs ~30 min on 2 cores)
     mine_with: str = "lexical"
+    # plan from this many articles drawn at random (0: all): "hybrid" mining embeds every chunk
+    # of every article in the plan (~7 s an article on 2 cores), so a short continuation run
+    # draws its questions from fewer articles
+    max_articles: int = 0
     freeze_embeddings: bool = True
     save_every: int = 100
     seed: int = 13
@@ -172,6 +176,11 @@ class RetrieverTrainer:
         arts, items = self._articles()
         log.info("%d articles, %d answerable questions with a positive chunk (%.0f s)",
                  len(arts), len(items), time.time() - t)
+        if self.args.max_articles:
+            keep = set(self.rng.sample(sorted({it.article for it in items}),
+                                       min(self.args.max_articles, len(arts))))
+            items = [it for it in items if it.article in keep]
+            log.info("plan drawn from %d articles: %d questions", len(keep), len(items))
         batches = self._batches(items, lambda a: arts[a][1])
         need = self.args.max_steps
         while len(batches) < need:  # more steps than one pass: a second, reshuffled pass
@@ -326,8 +335,11 @@ def pack_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="spanqa pack-embedder", description=pack_embedder.__doc__)
     ap.add_argument("model", help="a trained sentence-transformers folder (runs/r1/model)")
     ap.add_argument("--out", required=True, help="folder to write (index/models/retriever)")
+    ap.add_argument("--name", default="spanqa-retriever",
+                    help="the name stores record in their manifest (a new version of the weights "
+                         "needs a new name: stores built with the old one keep their vectors)")
     args = ap.parse_args(argv)
-    meta = pack_embedder(args.model, args.out)
+    meta = pack_embedder(args.model, args.out, name=args.name)
     size = (Path(args.out) / "encoder.safetensors").stat().st_size / 1e6
     print(f"{args.out}: {meta['tensors']} tensors, {size:.1f} MB")
     return 0
@@ -339,7 +351,8 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--out", required=True, help="run folder (plan, checkpoints, log, model/)")
     ap.add_argument("--data", nargs="+", default=d.data, help="SQuAD-format training files")
     ap.add_argument("--base", default="", help="sentence-transformers folder to start from")
-    for name in ("batch_size", "max_steps", "save_every", "seed", "threads", "max_seq_length"):
+    for name in ("batch_size", "max_steps", "save_every", "seed", "threads", "max_seq_length",
+                 "max_articles"):
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "warmup_ratio", "scale"):
         ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
@@ -355,8 +368,6 @@ def main(argv: list[str] | None = None) -> int:
     resume = args.resume
     cfg = RetrieverTrainingArgs(**{k: v for k, v in vars(args).items() if k != "resume"})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("bm25s", "bm25s.tokenization"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     out = RetrieverTrainer(cfg).run(resume=resume)
     print(out)
     return 0
