@@ -300,3 +300,32 @@ def test_span_choice_scores_each_calibration_on_saved_spans(tmp_path, capsys):
     assert "first 2 passages: never abstaining EM 0.00 F1 50.00" in out[2]
     assert "first 2 passages: never abstaining EM 100.00 F1 100.00" in out[5]
     assert "first 1 passages: never abstaining EM 100.00" in out[1]
+
+
+def test_on_topic_learns_unanswerable_questions_only_when_asked():
+    """On-topic unanswerable questions look answerable to the embedder (high similarity) and
+    differ in the reader's margin over its no-answer logit: fitted with them as negatives
+    the on-topic model scores a low-margin span lower than without, and wrong documents stay
+    low."""
+    from qa.training.calibrate import fit_calibration
+
+    rng = np.random.default_rng(5)
+
+    def row(kind, margin, rel):
+        logit = rng.normal(6, 1)
+        right = kind == "answerable" and rng.random() < 0.7
+        return {"kind": kind, "title": "t", "spans": [{
+            "logit": logit, "null": logit - margin, "relevance": rel, "place": 1,
+            "em": float(right), "f1": float(right)}]}
+
+    rows = ([row("answerable", rng.normal(4, 1.5), rng.normal(0.6, 0.1)) for _ in range(400)]
+            + [row("unanswerable", rng.normal(0, 1.5), rng.normal(0.6, 0.1)) for _ in range(400)]
+            + [row("wrong_document", rng.normal(3, 1.5), rng.normal(0.2, 0.1)) for _ in range(400)])
+    plain = fit_calibration(rows, use_relevance=True, relevance_model="m")
+    both = fit_calibration(rows, use_relevance=True, relevance_model="m",
+                           topic_negatives=("wrong_document", "unanswerable"))
+    assert both.topic_margin_weight > plain.topic_margin_weight
+    low, high = (6.0, 6.0), (6.0, 2.0)  # (logit, null): margin 0 and margin 4
+    assert both.on_topic(*low, 0.6) < 0.5 * plain.on_topic(*low, 0.6)
+    assert both.on_topic(*high, 0.6) > 0.7
+    assert both.on_topic(6.0, 3.0, 0.2) < 0.3  # wrong documents stay refused

@@ -186,7 +186,8 @@ def choose_length_penalty(reader, articles: list[SquadArticle], penalties: list[
 
 def fit_calibration(rows: list[dict], use_relevance: bool = True,
                     relevance_model: str = "", span_relevance: bool = False,
-                    spans_per_case: int = 5, use_rank: bool = False) -> Calibration:
+                    spans_per_case: int = 5, use_rank: bool = False,
+                    topic_negatives: tuple[str, ...] = ("wrong_document",)) -> Calibration:
     """Both halves of :class:`~qa.calibration.Calibration` from the reader's raw spans.
 
     Each case is represented by its highest-logit span. ``right`` is fitted on the answerable
@@ -199,7 +200,9 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
     different passages, not only to scale the best one; a one-feature Platt fit on each
     case's chosen span then rescales it, so the answer's confidence stays calibrated.
     ``use_rank`` (retrieved cases whose rows carry each span's passage ``place``) adds
-    ``1 / place`` to that span model (:class:`~qa.calibration.Calibration`'s ``rank_weight``)."""
+    ``1 / place`` to that span model (:class:`~qa.calibration.Calibration`'s ``rank_weight``).
+    ``topic_negatives``: the kinds of case ``on_topic`` learns to score low; adding
+    ``"unanswerable"`` makes it the chance that the passages answer the question at all."""
     def top(r):
         return max(r["spans"], key=lambda s: s["logit"], default=None)
 
@@ -232,7 +235,7 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
                                             [s["em"] == 1.0 for s in ans]), 0.0, 0.0, 0.0
     cal = Calibration(span_weight=sw, margin_weight=mw, bias=b, relevance_weight=rw,
                       rank_weight=kw, rank_default=kd)
-    wrong = [top(r) for r in rows if r["kind"] == "wrong_document" and r["spans"]]
+    wrong = [top(r) for r in rows if r["kind"] in topic_negatives and r["spans"]]
     if use_relevance and ans and wrong:
         spans = ans + wrong
         tsw, tmw, trw, tb = fit_platt(
@@ -315,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="retrieved cases: add the passage's place in the retriever's ranking "
                          "to the span model (rank_weight; off by default: measured, not yet "
                          "better on dev, see the reader's model card)")
+    ap.add_argument("--topic-negatives", nargs="+", default=["wrong_document"],
+                    choices=["wrong_document", "unanswerable"],
+                    help="kinds of case the on-topic model learns to score low (add "
+                         "unanswerable: it learns 'the passages do not say' too)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--save-rows", help="write what the reader found per case (jsonl), to refit "
                                         "later with --from-rows without reading again")
@@ -466,7 +473,8 @@ def save_calibration(args, cal: Calibration, report: dict, chosen_lp, lp_table) 
         report["length_penalty_table"] = earlier
     cfg.notes["calibration_report"] = {k: report[k] for k in
                                        ("data", "titles", "cases", "case_kind", "passages",
-                                        "embedder", "ece_answerable", "ece_all", "relevance",
+                                        "embedder", "topic_negatives", "ece_answerable",
+                                        "ece_all", "relevance",
                                         "never_abstain", "at_threshold", "f1_cost",
                                         "cross_fitted", "length_penalty_table") if k in report}
     cfg.save(args.reader)
@@ -497,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def fit(rs):
         return fit_calibration(rs, not args.no_relevance, embedder,
-                               span_relevance=args.cases == "retrieved", use_rank=use_rank)
+                               span_relevance=args.cases == "retrieved", use_rank=use_rank,
+                               topic_negatives=tuple(args.topic_negatives))
 
     cross = cross_fitted_figures(rows, fit, args)
     cal = fit(rows)
@@ -506,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["cross_fitted"] = cross
     report = {"data": Path(args.data).name if args.data else args.from_rows,
               "titles": args.titles, **{k: figures.pop(k) for k in ("cases", "case_kind", "passages")},
-              "embedder": embedder, **figures}
+              "embedder": embedder, "topic_negatives": list(args.topic_negatives), **figures}
     save_calibration(args, cal, report, chosen_lp, lp_table)
     print(json.dumps({k: report[k] for k in ("cases", "ece_answerable", "ece_all", "calibration",
                                              "never_abstain", "at_threshold", "f1_cost",
