@@ -286,7 +286,8 @@ class DocumentQA:
         results = self._calibrate(reader, raw, passages, threshold, top_k)
         if not first:
             return results
-        cut = max(cfg.first_cut, cfg.calibration.threshold if threshold is None else threshold)
+        cal = cfg.calibration_for(self.store.embedder.name)
+        cut = max(cfg.first_cut, cal.threshold if threshold is None else threshold)
         more = [i for i, r in enumerate(results) if len(passages[i]) > first
                 and (r.spans[0].score if r.spans else 0.0) < cut]
         if more:
@@ -302,7 +303,7 @@ class DocumentQA:
 
     def _calibrate(self, reader: ExtractiveReader, raw, passages: list[list[Passage]],
                    threshold: float | None, top_k: int):
-        cal = reader.config.calibration
+        cal = reader.config.calibration_for(self.store.embedder.name)
         # the retriever's similarities count only on the scale the calibration was fitted
         # for (the same embedder); otherwise its default stands in
         relevance = ([[p.score for p in ps] for ps in passages]

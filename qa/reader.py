@@ -56,6 +56,9 @@ class ReaderConfig:
     first_passages: int = 0
     first_cut: float = 0.0
     calibration: Calibration = field(default_factory=Calibration)
+    # Calibrations fitted earlier with other embedders (by the embedder's name), for stores
+    # built with them: their similarities are on another scale (see calibration_for).
+    other_calibrations: dict[str, Calibration] = field(default_factory=dict)
     # What else the folder's spanqa_reader.json records (training provenance, calibration
     # report, ...): kept as read and written back, so a load and save loses nothing.
     notes: dict = field(default_factory=dict)
@@ -67,16 +70,41 @@ class ReaderConfig:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.SETTINGS}
         d["calibration"] = self.calibration.to_dict()
+        if self.other_calibrations:
+            d["calibrations_by_embedder"] = {k: c.to_dict()
+                                             for k, c in self.other_calibrations.items()}
         return {**d, **self.notes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ReaderConfig":
         d = dict(d)
         cal = Calibration.from_dict(d.pop("calibration", {}) or {})
+        others = {str(k): Calibration.from_dict(v)
+                  for k, v in (d.pop("calibrations_by_embedder", {}) or {}).items()}
         known = {k: d.pop(k) for k in cls.SETTINGS if k in d}
         if "runtime" in known:
             known["runtime"] = check_runtime(known["runtime"])
-        return cls(calibration=cal, notes=d, **known)
+        return cls(calibration=cal, other_calibrations=others, notes=d, **known)
+
+    def calibration_for(self, embedder_name: str | None) -> Calibration:
+        """The calibration to score passages found by ``embedder_name``'s store with: the
+        current one, unless it was fitted with another embedder and an earlier calibration
+        fitted with this one is kept (a store built before the default embedder changed keeps
+        the confidence and threshold fitted on its similarities)."""
+        if embedder_name and not self.calibration.accepts_relevance_from(embedder_name):
+            for cal in self.other_calibrations.values():
+                if cal.accepts_relevance_from(embedder_name):
+                    return cal
+        return self.calibration
+
+    def set_calibration(self, cal: Calibration) -> None:
+        """Make ``cal`` the current calibration; the one it replaces is kept for its embedder
+        when that is another embedder (see :meth:`calibration_for`)."""
+        old = self.calibration
+        if old.relevance_model and old.relevance_model != cal.relevance_model:
+            self.other_calibrations[old.relevance_model] = old
+        self.other_calibrations.pop(cal.relevance_model, None)
+        self.calibration = cal
 
     @classmethod
     def load(cls, folder: str | Path) -> "ReaderConfig":

@@ -329,3 +329,27 @@ def test_on_topic_learns_unanswerable_questions_only_when_asked():
     assert both.on_topic(*low, 0.6) < 0.5 * plain.on_topic(*low, 0.6)
     assert both.on_topic(*high, 0.6) > 0.7
     assert both.on_topic(6.0, 3.0, 0.2) < 0.3  # wrong documents stay refused
+
+
+def test_recalibrating_for_a_new_embedder_keeps_the_old_calibration_for_old_stores(tmp_path):
+    """A reader recalibrated with a new default embedder keeps the calibration fitted with the
+    old one, and stores built with the old embedder are scored with it (their similarities
+    are on its scale); any other embedder gets the current one. Saved and loaded, unchanged."""
+    from qa.reader import ReaderConfig
+
+    old = Calibration(span_weight=0.2, topic_relevance_weight=9.0, threshold=0.33,
+                      relevance_model="spanqa-retriever")
+    new = Calibration(span_weight=0.3, topic_relevance_weight=7.0, threshold=0.29,
+                      relevance_model="spanqa-retriever-2")
+    cfg = ReaderConfig(calibration=old)
+    cfg.set_calibration(new)
+    assert cfg.calibration == new
+    assert cfg.calibration_for("spanqa-retriever") == old
+    assert cfg.calibration_for("spanqa-retriever-2") == new
+    assert cfg.calibration_for("all-MiniLM-L6-v2") == new and cfg.calibration_for(None) == new
+    cfg.save(tmp_path)
+    again = ReaderConfig.load(tmp_path)
+    assert again.calibration == new and again.other_calibrations == {"spanqa-retriever": old}
+    again.set_calibration(Calibration(span_weight=0.4, topic_relevance_weight=7.0,
+                                      relevance_model="spanqa-retriever-2"))  # refit: no copy
+    assert list(again.other_calibrations) == ["spanqa-retriever"]

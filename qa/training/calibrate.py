@@ -464,7 +464,7 @@ def save_calibration(args, cal: Calibration, report: dict, chosen_lp, lp_table) 
     """Write the calibration and its figures into the reader folder's ``spanqa_reader.json``
     (and ``--report``)."""
     cfg = ReaderConfig.load(args.reader)
-    cfg.calibration = cal
+    cfg.set_calibration(cal)  # one fitted with another embedder is kept for its stores
     if lp_table is not None:
         cfg.length_penalty = chosen_lp
         report["length_penalty_table"] = lp_table
