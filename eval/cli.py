@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--top-k", dest="passages", type=count_option("passages", 20),
                    action=DeprecatedAlias, new="--passages", help=argparse.SUPPRESS)
     p.add_argument("--reader-only", action="store_true", help="read the gold paragraph itself")
+    p.add_argument("--embedder", default=None,
+                   help="embedder of the indexes the run builds (default: spanqa's default; "
+                        "a bundled name, e.g. spanqa-retriever, or a sentence-transformers folder)")
     add_runtime_option(p)
     p.add_argument("--threshold", type=threshold_option, default=None)
     p.add_argument("--limit", type=int, default=None, help="first N questions only")
@@ -62,7 +65,8 @@ def run(args) -> int:
     from eval.runner import EvalConfig, evaluate, single_question_latency
 
     cfg = EvalConfig(data=args.data, reader=args.reader, scope=args.scope, passages=args.passages,
-                     reader_only=args.reader_only, threshold=args.threshold, limit=args.limit)
+                     reader_only=args.reader_only, threshold=args.threshold, limit=args.limit,
+                     embedder=args.embedder)
     if args.ray_workers and not args.ray:
         raise SpanQAError("--ray-workers only applies with --ray.")
     if args.ray:
@@ -81,7 +85,10 @@ def run(args) -> int:
         lat = single_question_latency(cfg, args.latency_sample)
         metrics["single_ask_ms"] = {"p50": float(np.percentile(lat, 50)),
                                     "p95": float(np.percentile(lat, 95)), "n": len(lat)}
-    config = asdict(cfg) | {"reader": facts["reader"], "reader_config": facts["reader_config"]}
+    from index.embedder import DEFAULT_EMBEDDER
+
+    config = asdict(cfg) | {"reader": facts["reader"], "reader_config": facts["reader_config"],
+                            "embedder": None if cfg.reader_only else cfg.embedder or DEFAULT_EMBEDDER}
     out = Path(args.out)
     write_run(out, rows, metrics, config)
     report = write_report(out, rows, metrics, config)

@@ -36,6 +36,13 @@ class EvalConfig:
     threshold: float | None = None
     batch_size: int = 16
     limit: int | None = None
+    embedder: str | None = None  # for the indexes the run builds (None: spanqa's default)
+
+    def store_options(self) -> dict:
+        """How the run's indexes are built (``DocumentQA.from_documents``'s store options)."""
+        from index.embedder import shared_embedder
+
+        return {"embedder": shared_embedder(self.embedder)} if self.embedder else {}
 
 
 def _reader_answer(question: str, r) -> Answer:
@@ -122,7 +129,8 @@ class Evaluation:
                 t = time.perf_counter()
                 self.corpus = DocumentQA.from_documents(self.docs, reader=self._use(),
                                                         passages=self.cfg.passages,
-                                                        progress=progress)
+                                                        progress=progress,
+                                                        **self.cfg.store_options())
                 self.index_seconds += time.perf_counter() - t
 
     def _use(self):
@@ -140,7 +148,7 @@ class Evaluation:
             t = time.perf_counter()
             qa = DocumentQA.from_documents([self.docs[self.questions[unit[0]][0]]],
                                            reader=self._use(), passages=cfg.passages,
-                                           progress=False)
+                                           progress=False, **cfg.store_options())
             self.index_seconds += time.perf_counter() - t
         for i in range(0, len(unit), cfg.batch_size):
             chunk = [self.questions[j] for j in unit[i:i + cfg.batch_size]]
@@ -182,7 +190,8 @@ def single_question_latency(cfg: EvalConfig, n: int = 50) -> list[float]:
     art = articles[0]
     doc, _ = article_document(art, "a0")
     reader = "cascade" if cfg.reader == "cascade" else shared_reader(cfg.reader)
-    qa = DocumentQA.from_documents([doc], reader=reader, passages=cfg.passages)
+    qa = DocumentQA.from_documents([doc], reader=reader, passages=cfg.passages,
+                                   **cfg.store_options())
     qa.ask(art.questions[0].question)  # warm
     out = []
     for q in art.questions[:n]:

@@ -51,6 +51,30 @@ def test_eval_writes_every_file(data, tmp_path, tiny_reader_dir, extra, capsys):
     assert "Most confident errors" in report
 
 
+def test_eval_builds_its_indexes_with_the_embedder_asked_for(data, tmp_path, tiny_reader_dir,
+                                                             monkeypatch):
+    """``--embedder`` names the embedder of every index the run builds, and the run records
+    it; without it the default is recorded."""
+    from index.embedder import BASE_EMBEDDER, DEFAULT_EMBEDDER
+    from index.store import DocumentStore
+
+    used = []
+    real_add = DocumentStore.add
+
+    def add(self, docs, **kw):
+        used.append(self.embedder.name)
+        return real_add(self, docs, **kw)
+
+    monkeypatch.setattr(DocumentStore, "add", add)
+    for extra, want in (([], DEFAULT_EMBEDDER), (["--embedder", BASE_EMBEDDER], BASE_EMBEDDER)):
+        used.clear()
+        out = tmp_path / f"run{len(extra)}"
+        assert main(["eval", str(data), "--out", str(out), "--reader", str(tiny_reader_dir),
+                     "--latency-sample", "0", *extra]) == 0
+        assert used and set(used) == {want}
+        assert json.loads((out / "metrics.json").read_text())["config"]["embedder"] == want
+
+
 def test_gold_passage_rank_is_found_for_a_known_layout(data, tmp_path, tiny_reader_dir):
     from eval.runner import EvalConfig, evaluate
 
