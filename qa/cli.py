@@ -298,6 +298,7 @@ class DeprecatedAlias(argparse.Action):
 
 def register_index(sub) -> None:
     from index.documents import MAX_DOCUMENT_CHARS
+    from index.embedder import DEFAULT_EMBEDDER
 
     p = sub.add_parser("index", help="build or update an index on disk")
     p.add_argument("paths", nargs="*", help=".txt .md .html .pdf files")
@@ -307,7 +308,7 @@ def register_index(sub) -> None:
                    help="re-index the store's documents (and any PATHS) with the current or "
                         "given embedder and settings; also replaces a damaged store")
     p.add_argument("--embedder", default=None,
-                   help="embedder for a new or rebuilt index (default: spanqa-retriever)")
+                   help=f"embedder for a new or rebuilt index (default: {DEFAULT_EMBEDDER})")
     p.add_argument("--chunk-size", type=int_option("--chunk-size", 8, MAX_CHUNK_SIZE),
                    default=None, help="tokens per chunk for a new or rebuilt index (default 160)")
     p.add_argument("--overlap", type=int_option("--overlap", 0, MAX_CHUNK_SIZE - 1),
