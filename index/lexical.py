@@ -55,8 +55,9 @@ class LexicalIndex:
 
     @classmethod
     def _tokenize(cls, texts: list[str], return_ids: bool):
-        return _bm25s().tokenize(texts, token_pattern=TOKEN_PATTERN, stopwords=list(_stopwords()),
-                              stemmer=cls._stemmer(), return_ids=return_ids, show_progress=False)
+        return _bm25s().tokenize(texts, token_pattern=TOKEN_PATTERN,
+                                 stopwords=list(_stopwords()), stemmer=cls._stemmer(),
+                                 return_ids=return_ids, show_progress=False)
 
     @classmethod
     def build(cls, texts: list[str]) -> "LexicalIndex":

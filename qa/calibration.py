@@ -86,7 +86,7 @@ class Calibration:
     def accepts_relevance_from(self, embedder_name: str | None) -> bool:
         """Whether similarities by this embedder are on the scale the weights were fitted on."""
         return bool(self.topic_relevance_weight or self.relevance_weight) and bool(embedder_name) and (
-            _model_key(embedder_name) == _model_key(self.relevance_model))
+            same_embedder(embedder_name, self.relevance_model))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,9 +98,13 @@ class Calibration:
 
 
 def _model_key(name: str) -> str:
+    return name.rstrip("/").rsplit("/", 1)[-1].lower().replace("_", "-")
+
+
+def same_embedder(a: str, b: str) -> bool:
     """'sentence-transformers/all-MiniLM-L6-v2', a local folder of it, or its pip package's
     path all name the same embedder."""
-    return name.rstrip("/").rsplit("/", 1)[-1].lower().replace("_", "-")
+    return _model_key(a) == _model_key(b)
 
 
 def threshold_outcome(conf: list[float], if_answered: list[float], if_abstained: list[float],

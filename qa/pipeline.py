@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from index.documents import Document, document_from_text, load_file, replace_surrogates
 from index.store import DocumentStore, cached_store
+from qa.calibration import Calibration
 from qa.errors import DocumentError, EmptyQuestionError, OptionError
 from qa.reader import READ_ALL_ENV, RUNTIME_ENV, ExtractiveReader
 from qa.retriever import DEFAULT_TOP_K, Retriever
@@ -280,13 +281,13 @@ class DocumentQA:
         passages (spans are found and scored passage by passage)."""
         reader.warm_up()
         cfg = reader.config
+        cal = cfg.calibration_for(self.store.embedder.name)
         first = cfg.first_passages
         raw = reader.read_spans(questions, [[p.chunk.text for p in ps[:first or None]]
                                             for ps in passages])
-        results = self._calibrate(reader, raw, passages, threshold, top_k)
+        results = self._calibrate(cal, raw, passages, threshold, top_k)
         if not first:
             return results
-        cal = cfg.calibration_for(self.store.embedder.name)
         cut = max(cfg.first_cut, cal.threshold if threshold is None else threshold)
         more = [i for i, r in enumerate(results) if len(passages[i]) > first
                 and (r.spans[0].score if r.spans else 0.0) < cut]
@@ -295,15 +296,14 @@ class DocumentQA:
                                      [[p.chunk.text for p in passages[i][first:]] for i in more])
             for i, spans in zip(more, rest):
                 raw[i] = raw[i] + [replace(s, passage=s.passage + first) for s in spans]
-            again = self._calibrate(reader, [raw[i] for i in more], [passages[i] for i in more],
+            again = self._calibrate(cal, [raw[i] for i in more], [passages[i] for i in more],
                                     threshold, top_k)
             for i, r in zip(more, again):
                 results[i] = r
         return results
 
-    def _calibrate(self, reader: ExtractiveReader, raw, passages: list[list[Passage]],
+    def _calibrate(self, cal: Calibration, raw, passages: list[list[Passage]],
                    threshold: float | None, top_k: int):
-        cal = reader.config.calibration_for(self.store.embedder.name)
         # the retriever's similarities count only on the scale the calibration was fitted
         # for (the same embedder); otherwise its default stands in
         relevance = ([[p.score for p in ps] for ps in passages]

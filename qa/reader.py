@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qa.calibration import Calibration
+from qa.calibration import Calibration, same_embedder
 from qa.decoding import decode_windows, min_null_logit
 from qa.errors import ModelNotFoundError, OptionError
 from qa.features import build_windows
@@ -101,9 +101,10 @@ class ReaderConfig:
         """Make ``cal`` the current calibration; the one it replaces is kept for its embedder
         when that is another embedder (see :meth:`calibration_for`)."""
         old = self.calibration
-        if old.relevance_model and old.relevance_model != cal.relevance_model:
+        self.other_calibrations = {k: c for k, c in self.other_calibrations.items()
+                                   if not same_embedder(k, cal.relevance_model)}
+        if old.relevance_model and not same_embedder(old.relevance_model, cal.relevance_model):
             self.other_calibrations[old.relevance_model] = old
-        self.other_calibrations.pop(cal.relevance_model, None)
         self.calibration = cal
 
     @classmethod

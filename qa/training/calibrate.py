@@ -235,12 +235,12 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
                                             [s["em"] == 1.0 for s in ans]), 0.0, 0.0, 0.0
     cal = Calibration(span_weight=sw, margin_weight=mw, bias=b, relevance_weight=rw,
                       rank_weight=kw, rank_default=kd)
-    wrong = [top(r) for r in rows if r["kind"] in topic_negatives and r["spans"]]
-    if use_relevance and ans and wrong:
-        spans = ans + wrong
+    negatives = [top(r) for r in rows if r["kind"] in topic_negatives and r["spans"]]
+    if use_relevance and ans and negatives:
+        spans = ans + negatives
         tsw, tmw, trw, tb = fit_platt(
             [(s["logit"], s["logit"] - s["null"], s["relevance"]) for s in spans],
-            [True] * len(ans) + [False] * len(wrong))
+            [True] * len(ans) + [False] * len(negatives))
         cal.topic_span_weight, cal.topic_margin_weight = tsw, tmw
         cal.topic_relevance_weight, cal.topic_bias = trw, tb
     if use_relevance and ans:

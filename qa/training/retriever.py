@@ -177,8 +177,8 @@ class RetrieverTrainer:
         log.info("%d articles, %d answerable questions with a positive chunk (%.0f s)",
                  len(arts), len(items), time.time() - t)
         if self.args.max_articles:
-            keep = set(self.rng.sample(sorted({it.article for it in items}),
-                                       min(self.args.max_articles, len(arts))))
+            have = sorted({it.article for it in items})
+            keep = set(self.rng.sample(have, min(self.args.max_articles, len(have))))
             items = [it for it in items if it.article in keep]
             log.info("plan drawn from %d articles: %d questions", len(keep), len(items))
         batches = self._batches(items, lambda a: arts[a][1])
