@@ -1,12 +1,12 @@
 """Retrieval benchmark: how often the passage holding a gold answer is in the top k.
 
     python -m eval.bench_retrieval [DATA.json] [--embedders all-MiniLM-L6-v2 spanqa-retriever]
-                                   [--modes dense sentence lexical hybrid-2 hybrid]
+                                   [--modes dense sentence lexical hybrid-2 hybrid-3 hybrid]
                                    [--scopes article corpus]
 
 One table: recall@1/3/5/10, MRR@10 and query time for every embedder × mode × scope
 (``hybrid-2``: dense and BM25 alone with their own tuned fusion, as before the sentence
-search)
+search; ``hybrid-3``: the three searches fused as before the sentence BM25)
 (``article``: one index per article, the chatbot's one-document setting; ``corpus``: one
 index over all articles). No reader involved. ``--bundled`` instead times one warm
 ``retrieve()`` at a time over the bundled article with the article set's questions (what one
@@ -24,11 +24,11 @@ import numpy as np
 
 from index.embedder import BASE_EMBEDDER, DEFAULT_EMBEDDER, shared_embedder
 from index.store import DocumentStore, cached_store
-from qa.retriever import TWO_SEARCH_FUSION, FusionConfig, Retriever
+from qa.retriever import THREE_SEARCH_FUSION, TWO_SEARCH_FUSION, FusionConfig, Retriever
 from qa.squad import SquadArticle, article_document, gold_spans, load_squad, shared_data
 
 KS = (1, 3, 5, 10)
-BENCH_MODES = ("dense", "sentence", "lexical", "hybrid-2", "hybrid")
+BENCH_MODES = ("dense", "sentence", "lexical", "hybrid-2", "hybrid-3", "hybrid")
 
 
 def default_dev() -> str:
@@ -69,8 +69,8 @@ def build(articles: list[SquadArticle], embedder_name: str, scope: str) -> Index
 
 def ranks(ix: Indexed, mode: str, fusion: FusionConfig | None = None) -> tuple[list, float]:
     """Rank of the gold passage per question (None: not in the top 10), and ms per query."""
-    if mode == "hybrid-2":
-        mode, fusion = "hybrid", TWO_SEARCH_FUSION
+    if mode in ("hybrid-2", "hybrid-3"):
+        mode, fusion = "hybrid", TWO_SEARCH_FUSION if mode == "hybrid-2" else THREE_SEARCH_FUSION
     out, t = [], time.perf_counter()
     for store, qs in zip(ix.stores, ix.questions):
         found = Retriever(store, top_k=max(KS), mode=mode, fusion=fusion).retrieve_many(
@@ -93,7 +93,6 @@ def bundled_timing(runs: int = 3) -> None:
     from pathlib import Path
 
     from qa.pipeline import DEFAULT_DOCUMENT
-    from qa.retriever import TWO_SEARCH_FUSION
 
     store = cached_store([DEFAULT_DOCUMENT])  # the index DocumentQA.default() answers over
     data = json.loads((Path(__file__).parent / "questions" / "us_weapons_in_russia.json").read_text())
@@ -105,7 +104,9 @@ def bundled_timing(runs: int = 3) -> None:
     embed_ms = (time.perf_counter() - t) * 1000 / len(qs)
     print(f"bundled article: {len(store)} chunks, {len(store.sentence_rows)} sentences; "
           f"{len(qs)} questions; embedding one question: {embed_ms:.1f} ms")
-    for name, fusion in (("score fusion (default)", FusionConfig()), ("two searches, RRF", TWO_SEARCH_FUSION)):
+    for name, fusion in (("score fusion (default)", FusionConfig()),
+                         ("three searches, score", THREE_SEARCH_FUSION),
+                         ("two searches, RRF", TWO_SEARCH_FUSION)):
         r = Retriever(store, fusion=fusion)
         r.retrieve(qs[0])
         times = []
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.bundled:
         return bundled_timing()
     articles = load_squad(args.data or default_dev())
-    head = f"| {'embedder':<18} | {'scope':<7} | {'mode':<7} |" + "".join(
+    head = f"| {'embedder':<18} | {'scope':<7} | {'mode':<8} |" + "".join(
         f" {k:>5} |" for k in [f"R@{k}" for k in KS] + ["MRR"]) + " ms/q | chunks/s |"
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             for mode in args.modes:
                 rs, ms = ranks(ix, mode)
                 m = summary(rs)
-                print(f"| {name:<18} | {scope:<7} | {mode:<7} |" + "".join(
+                print(f"| {name:<18} | {scope:<7} | {mode:<8} |" + "".join(
                     f" {m[k]:>5.1f} |" for k in [f"R@{k}" for k in KS]) + f" {m['MRR']:.3f} |"
                     f" {ms:4.1f} | {ix.n_chunks / ix.index_seconds:8.0f} |", flush=True)
 

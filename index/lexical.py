@@ -38,8 +38,15 @@ def _stopwords() -> tuple[str, ...]:
     return tuple(sorted(set(STOPWORDS_EN) | set(_QUESTION_WORDS)))
 
 
+# BM25's (k1, b): the usual values for chunks; for single sentences, whose lengths vary
+# less and say little, a weaker length normalisation, chosen on the held-out training articles
+# (the retriever's model card).
+CHUNK_BM25 = (1.5, 0.75)
+SENTENCE_BM25 = (1.2, 0.3)
+
+
 class LexicalIndex:
-    """BM25 (bm25s, Lucene variant, k1=1.5, b=0.75) over a fixed list of texts."""
+    """BM25 (bm25s, Lucene variant; ``k1``, ``b`` as built) over a fixed list of texts."""
 
     def __init__(self, bm25, n: int):
         self._bm25 = bm25
@@ -60,8 +67,9 @@ class LexicalIndex:
                                  return_ids=return_ids, show_progress=False)
 
     @classmethod
-    def build(cls, texts: list[str]) -> "LexicalIndex":
-        bm25 = _bm25s().BM25(k1=1.5, b=0.75)
+    def build(cls, texts: list[str], k1: float = CHUNK_BM25[0],
+              b: float = CHUNK_BM25[1]) -> "LexicalIndex":
+        bm25 = _bm25s().BM25(k1=k1, b=b)
         tokens = cls._tokenize(list(texts), True) if texts else None
         if tokens is None or not tokens.vocab:  # nothing but stop words: nothing to match
             return cls(None, len(texts))
@@ -86,13 +94,13 @@ class LexicalIndex:
 
     @classmethod
     def load(cls, folder: str | Path, n: int) -> "LexicalIndex":
-        """Read an index saved by :meth:`save` for ``n`` chunks; ``ValueError`` when it does
-        not hold ``n`` chunks."""
+        """Read an index saved by :meth:`save` for ``n`` texts (its ``k1`` and ``b`` come with
+        it); ``ValueError`` when it does not hold ``n`` texts."""
         folder = Path(folder)
         if not any(folder.iterdir()):
             return cls(None, n)
         bm25 = _bm25s().BM25.load(str(folder), allow_pickle=False, show_progress=False)
         got = int(bm25.scores["num_docs"])
         if got != n:
-            raise ValueError(f"the lexical index holds {got} chunks, not {n}")
+            raise ValueError(f"the lexical index holds {got} texts, not {n}")
         return cls(bm25, n)

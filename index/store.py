@@ -6,7 +6,8 @@ Layout of a store directory::
                          and the name of the generation folder that holds the data
     gen-000003/          index.faiss, embeddings.npy, chunks.jsonl, documents.json,
                          bm25/ (the lexical index: bm25s arrays and JSON),
-                         sentences.npy + sentence_rows.npy (the sentence vectors)
+                         sentences.npy + sentence_rows.npy (the sentence vectors),
+                         bm25_sentences/ (BM25 over the same sentences)
 
 Saving writes a new generation folder, then replaces ``manifest.json`` atomically (write to a
 temporary file, fsync, rename): a crash at any moment leaves the previous manifest pointing at
@@ -30,6 +31,11 @@ A question usually asks about one sentence, and a 160-token chunk's mean-pooled 
 it among the others (the README's retriever section has the recall this buys). The sentence
 vectors cost a second embedding pass at indexing time. A store saved before they existed loads and answers with the
 other two searches (``has_sentences`` is False); ``spanqa index --rebuild`` adds them.
+The same sentences have their own BM25 index (:meth:`DocumentStore.sentence_lexical_scores`:
+a chunk scores its best sentence's BM25), so the words a question shares with one sentence
+count for more than the same words spread over a chunk. A store saved with sentence vectors
+but before this index existed builds it in memory on first use and writes it with the next
+save, as for the chunk BM25.
 """
 from __future__ import annotations
 
@@ -60,7 +66,7 @@ from index.errors import (
     StoreNotFoundError,
     UnknownDocumentError,
 )
-from index.lexical import LexicalIndex
+from index.lexical import SENTENCE_BM25, LexicalIndex
 from index.locking import store_lock
 from index.validate import (
     check_chunks,
@@ -75,6 +81,7 @@ from index.validate import (
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LEXICAL_DIR = "bm25"
+SENTENCE_LEXICAL_DIR = "bm25_sentences"
 SENTENCE_FILES = ("sentences.npy", "sentence_rows.npy")
 AUTO_APPROX_THRESHOLD = 50_000  # chunks; below it exact search is fast enough (bench_index.py)
 
@@ -160,6 +167,7 @@ class DocumentStore:
         self.sentence_rows: np.ndarray | None = np.zeros(0, dtype=np.int64)
         self._index = None
         self._lexical: LexicalIndex | None = None
+        self._sentence_lexical: LexicalIndex | None = None
         self._starts: np.ndarray | None = None  # per chunk, its first sentence row
 
     # ---- contents -------------------------------------------------------------------------
@@ -255,7 +263,7 @@ class DocumentStore:
 
     def _changed(self) -> None:
         """Drop the searches built on the old chunks; they are rebuilt on next use."""
-        self._index = self._lexical = self._starts = None
+        self._index = self._lexical = self._sentence_lexical = self._starts = None
 
     def _drop(self, doc_id: str) -> None:
         n = len(self.chunks)
@@ -312,11 +320,39 @@ class DocumentStore:
     def lexical_search(self, queries: list[str], top_k: int) -> list[list[SearchHit]]:
         """Top ``top_k`` chunks by BM25 for each query, best first; chunks that share no word
         with the query are left out."""
+        return self._top_lexical(self.lexical_scores(queries), top_k)
+
+    def sentence_lexical_search(self, queries: list[str], top_k: int) -> list[list[SearchHit]]:
+        """Top ``top_k`` chunks by their best sentence's BM25, as :meth:`lexical_search`;
+        empty lists for a store without sentence vectors."""
+        if not self.chunks or not self.has_sentences:
+            return [[] for _ in queries]
+        return self._top_lexical(self.sentence_lexical_scores(queries), top_k)
+
+    def _top_lexical(self, scores: np.ndarray, top_k: int) -> list[list[SearchHit]]:
         out = []
-        for row in self.lexical_scores(queries):
+        for row in scores:
             top = np.argsort(-row, kind="stable")[:top_k]
             out.append([SearchHit(self.chunks[i], float(row[i]), int(i)) for i in top if row[i] > 0])
         return out
+
+    def sentence_texts(self) -> list[str]:
+        """The sentences the sentence search reads, one per row of ``sentence_rows``: each
+        chunk's :func:`~index.chunking.chunk_sentences`, in chunk order."""
+        return [c.text[s:e] for c in self.chunks for s, e in chunk_sentences(c.text)]
+
+    @property
+    def sentence_lexical(self) -> LexicalIndex:
+        """BM25 over :meth:`sentence_texts` (``SENTENCE_BM25``); needs sentence vectors."""
+        if self._sentence_lexical is None:
+            self._sentence_lexical = LexicalIndex.build(self.sentence_texts(), *SENTENCE_BM25)
+        return self._sentence_lexical
+
+    def sentence_lexical_scores(self, queries: list[str]) -> np.ndarray:
+        """``(len(queries), n_chunks)``: each chunk's best sentence's BM25 score for each
+        query (0 where no sentence shares a word). Needs sentence vectors and a chunk."""
+        scores = self.sentence_lexical.scores(queries)
+        return np.maximum.reduceat(scores, self._sentence_starts(), axis=1)
 
     def sentence_scores(self, query_vectors: np.ndarray) -> np.ndarray:
         """``(len(query_vectors), n_chunks)``: each chunk's best sentence's cosine similarity
@@ -368,7 +404,8 @@ class DocumentStore:
             "index_factory": self.factory,
             "index_type": resolve_factory(self.factory, len(self.chunks)),
             "lexical": {"library": "bm25s", "folder": LEXICAL_DIR, "stemmer": "snowball-english"},
-            "sentences": ({"n": len(self.sentence_rows), "files": list(SENTENCE_FILES)}
+            "sentences": ({"n": len(self.sentence_rows), "files": list(SENTENCE_FILES),
+                           "lexical_folder": SENTENCE_LEXICAL_DIR}
                           if self.has_sentences else None),
             "n_chunks": len(self.chunks),
             "documents": {d.id: d.sha256 for d in self.documents.values()},
@@ -398,6 +435,7 @@ class DocumentStore:
                 if self.has_sentences:
                     np.save(gen_dir / SENTENCE_FILES[0], self._sentence_matrix(), allow_pickle=False)
                     np.save(gen_dir / SENTENCE_FILES[1], self.sentence_rows, allow_pickle=False)
+                    self.sentence_lexical.save(gen_dir / SENTENCE_LEXICAL_DIR)
                 _fsync_dir_files(gen_dir)
                 manifest = self.manifest(gen_dir.name) | {"files": digests(gen_dir)}
                 _atomic_write_json(root / MANIFEST, manifest)
@@ -438,7 +476,7 @@ class DocumentStore:
             gen = generation_dir(root, m)
             verify_files(root, gen, m)
             parts = _read_generation(root, gen)
-        raw_chunks, docs, vectors, index, lexical, sentences = parts
+        raw_chunks, docs, vectors, index, lexical, sentences, sentence_lexical = parts
         check_documents(root, docs)
         texts = {d["id"]: d["text"] for d in docs}
         check_chunks(root, raw_chunks, texts)
@@ -454,6 +492,11 @@ class DocumentStore:
             _check_sentences(root, sentences, n, dim)
         elif m.get("sentences"):
             raise damaged(root, "its sentence vectors are missing")
+        if sentence_lexical is not None and (
+                sentences is None or sentence_lexical.n != len(sentences[1])):
+            raise damaged(root, f"{SENTENCE_LEXICAL_DIR}/ does not index the store's sentences")
+        elif sentence_lexical is None and (m.get("sentences") or {}).get("lexical_folder"):
+            raise damaged(root, f"its {SENTENCE_LEXICAL_DIR}/ folder is missing")
         if set(m["documents"]) != set(texts) or any(
                 sha256_text(texts[k]) != v for k, v in m["documents"].items()):
             raise damaged(root, "documents.json does not hold the documents the manifest lists")
@@ -467,6 +510,7 @@ class DocumentStore:
                            for d in docs}
         store._index = index
         store._lexical = lexical
+        store._sentence_lexical = sentence_lexical  # None: built on first use (older stores)
         if sentences is None:  # saved before sentence vectors: the other two searches only
             store.sentence_vectors = store.sentence_rows = None
         else:
@@ -511,10 +555,13 @@ def _read_generation(root: Path, gen: Path):
             sentences = (np.load(gen / name, allow_pickle=False),)
             name = SENTENCE_FILES[1]
             sentences += (np.load(gen / name, allow_pickle=False),)
+        name = SENTENCE_LEXICAL_DIR
+        sentence_lexical = (LexicalIndex.load(gen / name, len(sentences[1]))
+                            if sentences is not None and (gen / name).is_dir() else None)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise damaged(root, f"{gen.name}/{name} is unreadable ({detail[:200]})") from None
-    return chunks, docs, vectors, index, lexical, sentences
+    return chunks, docs, vectors, index, lexical, sentences, sentence_lexical
 
 
 def _read_manifest(root: Path) -> dict:

@@ -1,13 +1,15 @@
 """Retriever: question → the top-k passages of a store.
 
-``mode="hybrid"`` (the default) fuses the store's three searches: dense search over the chunks
+``mode="hybrid"`` (the default) fuses the store's four searches: dense search over the chunks
 (meaning), dense search by each chunk's best sentence (the one sentence a question is usually
-about), and BM25 (exact words: names, numbers, rare terms that sentence embeddings blur).
-Two ways to fuse (``FusionConfig.method``):
+about), BM25 over the chunks (exact words: names, numbers, rare terms that sentence
+embeddings blur) and BM25 by each chunk's best sentence (the words found together in one
+sentence). Two ways to fuse (``FusionConfig.method``):
 
 * ``"score"`` (the default): every chunk gets ``dense_weight · cosine(chunk) +
-  sentence_weight · cosine(best sentence) + lexical_weight · BM25 / the query's best BM25``,
-  computed exactly over all chunks; the sum decides.
+  sentence_weight · cosine(best sentence) + lexical_weight · BM25 / the query's best BM25 +
+  sentence_lexical_weight · best sentence's BM25 / the query's best``, computed exactly over
+  all chunks; the sum decides.
 * ``"rrf"``: weighted reciprocal rank fusion; each search contributes ``weight / (rrf_k +
   rank)`` for the chunks in its top ``pool``.
 
@@ -39,18 +41,20 @@ class FusionConfig:
 
     # Chosen by `python -m eval.tune_retrieval` on 23 held-out SQuAD train articles (4,824
     # questions, spanqa-retriever): best mean of recall@1/3/5 over its grids for both
-    # methods (the README's retriever section has the table).
+    # methods (the retriever's model card has the table).
     method: str = "score"
-    dense_weight: float = 0.5
+    dense_weight: float = 0.75
     sentence_weight: float = 1.0  # 0: leave the sentence search out
-    lexical_weight: float = 0.3
+    lexical_weight: float = 0.15
+    sentence_lexical_weight: float = 0.2  # 0: leave the sentence BM25 out
     rrf_k: float = 2.0  # "rrf" only: a small rrf_k trusts the top ranks of each search
     pool: int = 50  # "rrf" only: candidates from each search (at least 4 × the passages)
 
     def __post_init__(self):
         if self.method not in FUSION_METHODS:
             raise ValueError(f"method must be one of {', '.join(FUSION_METHODS)}")
-        weights = (self.dense_weight, self.lexical_weight, self.sentence_weight)
+        weights = (self.dense_weight, self.lexical_weight, self.sentence_weight,
+                   self.sentence_lexical_weight)
         if not self.rrf_k >= 0 or not all(w >= 0 for w in weights):
             raise ValueError("rrf_k and the weights must be non-negative numbers")
         if self.pool < 1:
@@ -60,7 +64,9 @@ class FusionConfig:
 # The two-search fusion chosen before the sentence search existed (same tuning, dense and
 # BM25 alone): what a store saved without sentence vectors is searched with.
 TWO_SEARCH_FUSION = FusionConfig(method="rrf", rrf_k=2.0, dense_weight=1.0, lexical_weight=1.25,
-                                 sentence_weight=0.0, pool=20)
+                                 sentence_weight=0.0, sentence_lexical_weight=0.0, pool=20)
+# The three-search default before the sentence BM25 (2026-12-01 to 2026-12-04), for comparison.
+THREE_SEARCH_FUSION = FusionConfig(dense_weight=0.5, lexical_weight=0.3, sentence_lexical_weight=0.0)
 
 
 def fuse(rankings: list[list[int]], weights: list[float], rrf_k: float) -> list[int]:
@@ -72,17 +78,27 @@ def fuse(rankings: list[list[int]], weights: list[float], rrf_k: float) -> list[
     return sorted(fused, key=lambda i: -fused[i])
 
 
+def _by_best(scores: np.ndarray) -> np.ndarray | None:
+    """BM25 scores divided by the query's best (0-1); None when no chunk matched."""
+    best = float(scores.max()) if len(scores) else 0.0
+    return scores / best if best > 0 else None
+
+
 def score_fuse(chunk: np.ndarray, sentence: np.ndarray | None, lexical: np.ndarray,
-               fusion: FusionConfig, k: int) -> list[int]:
+               fusion: FusionConfig, k: int,
+               sentence_lexical: np.ndarray | None = None) -> list[int]:
     """The top ``k`` rows by fused score, for one query: ``chunk`` and ``sentence`` cosine
-    similarities and ``lexical`` BM25 scores over all chunks (``sentence`` None: left out).
-    BM25 is divided by the query's best, so each term is on a 0-1 scale; ties keep row order."""
+    similarities, ``lexical`` and ``sentence_lexical`` BM25 scores over all chunks
+    (``sentence`` or ``sentence_lexical`` None: left out). Each BM25 is divided by the
+    query's best, so each term is on a 0-1 scale; ties keep row order."""
     z = fusion.dense_weight * chunk.astype(np.float64)
     if sentence is not None and fusion.sentence_weight > 0:
         z = z + fusion.sentence_weight * sentence
-    best_bm25 = float(lexical.max()) if len(lexical) else 0.0
-    if best_bm25 > 0 and fusion.lexical_weight > 0:
-        z = z + fusion.lexical_weight * (lexical / best_bm25)
+    for scores, weight in ((lexical, fusion.lexical_weight),
+                           (sentence_lexical, fusion.sentence_lexical_weight)):
+        scaled = _by_best(scores) if scores is not None and weight > 0 else None
+        if scaled is not None:
+            z = z + weight * scaled
     if len(z) <= k:
         return [int(i) for i in np.argsort(-z, kind="stable")]
     top = np.argpartition(-z, k - 1)[:k]
@@ -143,6 +159,8 @@ class Retriever:
                 vecs, k), 1.0)
         if self.mode == "lexical" or (hybrid and f.lexical_weight > 0):
             add(self.store.lexical_search(questions, pool), f.lexical_weight)
+        if hybrid and f.sentence_lexical_weight > 0 and self.store.has_sentences:
+            add(self.store.sentence_lexical_search(questions, pool), f.sentence_lexical_weight)
         return self._passages(vecs, [fuse(ranks, weights, f.rrf_k)[:k] for ranks in rankings])
 
     def _score_fused(self, questions, vecs, k: int, f: FusionConfig) -> list[list[int]]:
@@ -153,7 +171,11 @@ class Retriever:
         sentence = (store.sentence_scores(vecs) if store.has_sentences and f.sentence_weight > 0
                     else [None] * len(questions))
         lexical = store.lexical_scores(questions)
-        return [score_fuse(c, s, lx, f, k) for c, s, lx in zip(chunk, sentence, lexical)]
+        sentence_lexical = (store.sentence_lexical_scores(questions)
+                            if store.has_sentences and f.sentence_lexical_weight > 0
+                            else [None] * len(questions))
+        return [score_fuse(c, s, lx, f, k, slx)
+                for c, s, lx, slx in zip(chunk, sentence, lexical, sentence_lexical)]
 
     def _passages(self, vecs, rows_per_question: list[list[int]]) -> list[list[Passage]]:
         chunks, docs = self.store.chunks, self.store.documents

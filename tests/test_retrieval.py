@@ -187,30 +187,40 @@ def test_sentence_search_scores_a_chunk_by_its_best_sentence(embedder):
     assert len(store.sentence_vectors) == len(store.sentence_rows) == len(store) + 3
 
 
-def test_fusion_of_three_searches_on_a_synthetic_document(embedder):
+def test_fusion_of_four_searches_on_a_synthetic_document(embedder):
     """The buried sentence's chunk comes first by hybrid search, by score and by rank; each
-    fusion is what its formula gives from the three searches, and a weight of 0 leaves that
+    fusion is what its formula gives from the four searches, and a weight of 0 leaves that
     search out."""
     store = _sentence_store(embedder)
     question = "Who was appointed harbour pilot?"
     vec = embedder.embed([question])
     chunk, sentence = store.chunk_scores(vec)[0], store.sentence_scores(vec)[0]
     lexical = store.lexical_scores([question])[0]
+    sentence_lexical = store.sentence_lexical_scores([question])[0]
     f = FusionConfig()
-    assert f.method == "score"
-    z = f.dense_weight * chunk + f.sentence_weight * sentence + f.lexical_weight * lexical / lexical.max()
+    assert f.method == "score" and f.sentence_lexical_weight > 0
+    z = (f.dense_weight * chunk + f.sentence_weight * sentence
+         + f.lexical_weight * lexical / lexical.max()
+         + f.sentence_lexical_weight * sentence_lexical / sentence_lexical.max())
     hybrid = Retriever(store, top_k=3).retrieve(question)
     assert hybrid[0].chunk.doc_id == "d9"
     assert [store.chunks.index(p.chunk) for p in hybrid] == list(np.argsort(-z, kind="stable")[:3])
-    assert score_fuse(chunk, sentence, lexical, replace(f, sentence_weight=0), 3) == \
+    assert score_fuse(chunk, sentence, lexical, replace(f, sentence_weight=0), 3,
+                      sentence_lexical) == \
         list(np.argsort(-(z - f.sentence_weight * sentence), kind="stable")[:3])
+    without = z - f.sentence_lexical_weight * sentence_lexical / sentence_lexical.max()
+    assert score_fuse(chunk, sentence, lexical, f, 3) == \
+        list(np.argsort(-without, kind="stable")[:3])  # no sentence BM25 given: left out
 
     rows = {m: [h.row for h in hits[0]] for m, hits in (
         ("dense", store.search(vec, 20)), ("sentence", store.sentence_search(vec, 20)),
-        ("lexical", store.lexical_search([question], 20)))}
-    r = FusionConfig(method="rrf", dense_weight=1.0, sentence_weight=2.0, lexical_weight=2.0)
+        ("lexical", store.lexical_search([question], 20)),
+        ("sentence_lexical", store.sentence_lexical_search([question], 20)))}
+    r = FusionConfig(method="rrf", dense_weight=1.0, sentence_weight=2.0, lexical_weight=2.0,
+                     sentence_lexical_weight=0.5)
     by_rank = Retriever(store, top_k=3, fusion=r).retrieve(question)
-    want = fuse([rows["dense"], rows["sentence"], rows["lexical"]], [1.0, 2.0, 2.0], r.rrf_k)[:3]
+    want = fuse([rows["dense"], rows["sentence"], rows["lexical"], rows["sentence_lexical"]],
+                [1.0, 2.0, 2.0, 0.5], r.rrf_k)[:3]
     assert [store.chunks.index(p.chunk) for p in by_rank] == want and want[0] == 9
     two = Retriever(store, top_k=3, fusion=TWO_SEARCH_FUSION).retrieve(question)
     t = TWO_SEARCH_FUSION
@@ -218,6 +228,80 @@ def test_fusion_of_three_searches_on_a_synthetic_document(embedder):
     assert [store.chunks.index(p.chunk) for p in two] == want2
     with pytest.raises(ValueError, match="method"):
         FusionConfig(method="borda")
+
+
+def test_sentence_bm25_scores_a_chunk_by_its_best_sentence(embedder):
+    """A chunk's sentence BM25 is its best sentence's BM25 over an index of sentences, so
+    the chunk where the question's words meet in one sentence beats the one where they are
+    spread over several, which chunk BM25 cannot tell apart."""
+    from index.documents import document_from_text
+    from index.lexical import SENTENCE_BM25, LexicalIndex
+
+    texts = ["The pilot boat left early. Much later the harbour closed for the winter.",
+             "Later that winter the harbour pilot boat left early.",
+             "Gardens bloom in spring near the market square."]
+    store = DocumentStore(embedder, chunk_size=96, overlap=0)
+    store.add([document_from_text(t, id=f"d{i}") for i, t in enumerate(texts)])
+    assert len(store) == 3 and len(store.sentence_texts()) == len(store.sentence_rows) == 4
+    q = ["harbour pilot boat"]
+    chunk_bm25, best = store.lexical_scores(q)[0], store.sentence_lexical_scores(q)[0]
+    per_sentence = LexicalIndex.build(store.sentence_texts(), *SENTENCE_BM25).scores(q)[0]
+    want = [per_sentence[store.sentence_rows == c].max() for c in range(len(store))]
+    np.testing.assert_allclose(best, want, rtol=1e-6)
+    assert best[1] > best[0] > 0 == best[2]
+    assert chunk_bm25[0] > 0 and chunk_bm25[1] > 0  # both chunks hold all three words
+    hits = store.sentence_lexical_search(q, 3)[0]
+    assert [h.chunk.doc_id for h in hits] == ["d1", "d0"]  # chunks matching nothing left out
+
+
+def test_store_round_trip_keeps_the_sentence_bm25_and_older_stores_build_it(embedder, tmp_path):
+    import shutil
+
+    store = _sentence_store(embedder)
+    q = ["Who was appointed harbour pilot?"]
+    before = store.sentence_lexical_scores(q)
+    store.save(tmp_path / "s")
+    gen = next((tmp_path / "s").glob("gen-*"))
+    assert (gen / "bm25_sentences" / "params.index.json").is_file()
+    loaded = DocumentStore.load(tmp_path / "s")
+    assert loaded._sentence_lexical is not None  # read from disk, not rebuilt
+    np.testing.assert_allclose(loaded.sentence_lexical_scores(q), before, rtol=1e-6)
+    assert loaded.sentence_lexical._bm25.k1 == 1.2  # its own BM25 settings travel with it
+    # a store saved with sentence vectors but before the sentence BM25 existed
+    manifest = tmp_path / "s" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    del m["sentences"]["lexical_folder"]
+    m["files"] = {k: v for k, v in m["files"].items() if not k.startswith("bm25_sentences/")}
+    manifest.write_text(json.dumps(m))
+    shutil.rmtree(gen / "bm25_sentences")
+    old = DocumentStore.load(tmp_path / "s")
+    assert old._sentence_lexical is None
+    np.testing.assert_allclose(old.sentence_lexical_scores(q), before, rtol=1e-6)  # built
+    assert Retriever(old, top_k=1).retrieve(q[0])[0].chunk.doc_id == "d9"
+    old.save(tmp_path / "s")  # the next save writes it
+    gen = next((tmp_path / "s").glob("gen-*"))
+    assert (gen / "bm25_sentences" / "params.index.json").is_file()
+    old.remove("d8")  # the cached index must follow the store's sentences
+    assert old.sentence_lexical.n == len(old.sentence_rows)
+
+
+def test_a_sentence_bm25_of_other_sentences_is_damage(embedder, tmp_path):
+    import shutil
+
+    from index.lexical import LexicalIndex
+
+    store = _sentence_store(embedder)
+    store.save(tmp_path / "s")
+    gen = next((tmp_path / "s").glob("gen-*"))
+
+    shutil.rmtree(gen / "bm25_sentences")
+    LexicalIndex.build(["one harbour sentence", "and another"]).save(gen / "bm25_sentences")
+    manifest = tmp_path / "s" / "manifest.json"  # without checksums, the check itself
+    m = json.loads(manifest.read_text())
+    del m["files"]
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(CorruptStoreError, match="bm25_sentences"):
+        DocumentStore.load(tmp_path / "s")
 
 
 def test_store_round_trip_keeps_the_sentence_vectors_and_removal_renumbers_them(embedder, tmp_path):
