@@ -65,7 +65,7 @@ class FusionConfig:
 # BM25 alone): what a store saved without sentence vectors is searched with.
 TWO_SEARCH_FUSION = FusionConfig(method="rrf", rrf_k=2.0, dense_weight=1.0, lexical_weight=1.25,
                                  sentence_weight=0.0, sentence_lexical_weight=0.0, pool=20)
-# The three-search default before the sentence BM25 (2026-12-01 to 2026-12-04), for comparison.
+# The three-search default before the sentence BM25 (2026-12-01 to 2026-12-03), for comparison.
 THREE_SEARCH_FUSION = FusionConfig(dense_weight=0.5, lexical_weight=0.3, sentence_lexical_weight=0.0)
 
 

@@ -296,10 +296,7 @@ def test_a_sentence_bm25_of_other_sentences_is_damage(embedder, tmp_path):
 
     shutil.rmtree(gen / "bm25_sentences")
     LexicalIndex.build(["one harbour sentence", "and another"]).save(gen / "bm25_sentences")
-    manifest = tmp_path / "s" / "manifest.json"  # without checksums, the check itself
-    m = json.loads(manifest.read_text())
-    del m["files"]
-    manifest.write_text(json.dumps(m))
+    _drop_checksums(tmp_path / "s")  # so the store's own check is what catches it
     with pytest.raises(CorruptStoreError, match="bm25_sentences"):
         DocumentStore.load(tmp_path / "s")
 
@@ -355,16 +352,21 @@ def test_store_saved_before_sentence_vectors_loads_answers_and_rebuilds(tmp_path
     assert DocumentStore.load(tmp_path / "old").has_sentences
 
 
+def _drop_checksums(root) -> None:
+    """Remove the manifest's file checksums, which would catch any edit first."""
+    manifest = root / "manifest.json"
+    m = json.loads(manifest.read_text())
+    del m["files"]
+    manifest.write_text(json.dumps(m))
+
+
 def test_damaged_sentence_rows_are_caught(tmp_path, embedder):
     store = _sentence_store(embedder)
     store.save(tmp_path / "s")
     gen = next((tmp_path / "s").glob("gen-*"))
     rows = np.load(gen / "sentence_rows.npy")
     np.save(gen / "sentence_rows.npy", rows[::-1].copy(), allow_pickle=False)
-    manifest = tmp_path / "s" / "manifest.json"  # without checksums, the check itself
-    m = json.loads(manifest.read_text())
-    del m["files"]
-    manifest.write_text(json.dumps(m))
+    _drop_checksums(tmp_path / "s")  # so the store's own check is what catches it
     with pytest.raises(CorruptStoreError, match="sentence_rows.npy"):
         DocumentStore.load(tmp_path / "s")
 
