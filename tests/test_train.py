@@ -8,6 +8,7 @@ import pytest
 from qa.squad import SquadQuestion
 from qa.training.reader import (
     ReaderTrainingArgs,
+    answer_removed_negatives,
     build_features,
     build_parser,
     collate,
@@ -115,6 +116,23 @@ def test_other_paragraph_negatives_stay_in_the_article_and_never_hold_a_gold_ans
     assert [(n.id, n.context, n.is_impossible) for n in negs] == [
         ("n1-otherpara", "The Nile valley was flooded by farmers' canals.", True)]
     assert other_paragraph_negatives(qs, 0.0, random.Random(0)) == []
+
+
+def test_answer_removed_negatives_cut_the_answer_sentence_and_keep_the_rest():
+    ctx = ("The Nile rises in Burundi. It floods every summer. The Aswan dam was finished in 1970. "
+           "Farmers grow cotton on its banks.")
+    start = ctx.index("1970")
+    twice = "The dam opened in 1970. Work began in 1960. It cost less than the 1970 budget."
+    qs = [SquadQuestion("d", "When was the Aswan dam finished?", ctx, "Nile", 3, [("1970", start)]),
+          SquadQuestion("t", "When did the dam open?", twice, "Nile", 4, [("1970", twice.index("1970"))]),
+          SquadQuestion("s", "When did it open?", "It opened in 1970.", "Nile", 5, [("1970", 13)]),
+          SquadQuestion("u", "Who built the pyramids?", ctx, "Nile", 3, [])]
+    negs = answer_removed_negatives(qs, 1.0, random.Random(0))
+    # "t" still says 1970 after the cut, "s" has no sentence left, "u" has no answer to cut
+    assert [(n.id, n.context, n.title, n.is_impossible) for n in negs] == [
+        ("d-cut", "The Nile rises in Burundi. It floods every summer. Farmers grow cotton on its banks.",
+         "Nile", True)]
+    assert answer_removed_negatives(qs, 0.0, random.Random(0)) == []
 
 
 def test_freezing_lower_layers_leaves_the_top_and_the_head_trainable(tiny_hf):

@@ -250,6 +250,33 @@ def other_paragraph_negatives(questions: list[SquadQuestion], frac: float,
     return out
 
 
+def answer_removed_negatives(questions: list[SquadQuestion], frac: float, rng: random.Random,
+                             min_sentences: int = 2) -> list[SquadQuestion]:
+    """Answerable questions re-asked of *their own* paragraph with every sentence that holds a
+    gold answer cut out, labelled unanswerable.
+
+    The hardest on-topic negative we can make without a person: the same names, the same
+    topic and the sentences around the answer, all but the one that says it (SQuAD 2.0's
+    unanswerables are on-topic too, but there are only about 5,000 of them). A question is
+    skipped when fewer than ``min_sentences`` sentences are left or when a gold text still
+    occurs in what is left (the paragraph says it twice)."""
+    from index.chunking import sentence_spans
+
+    answerable = [q for q in questions if q.answers]
+    if frac <= 0 or not answerable:
+        return []
+    out = []
+    for q in rng.sample(answerable, min(len(answerable), int(round(frac * len(answerable))))):
+        marks = [(s, s + len(t)) for t, s in q.answers]
+        kept = [q.context[a:b] for a, b in sentence_spans(q.context)
+                if not any(a < e and s < b for s, e in marks)]
+        text = " ".join(kept)
+        if len(kept) < min_sentences or any(g.lower() in text.lower() for g in q.gold_texts):
+            continue
+        out.append(SquadQuestion(q.id + "-cut", q.question, text, q.title, q.paragraph, []))
+    return out
+
+
 def freeze_lower_layers(model, below: int) -> int:
     """Freeze the embeddings and encoder layers ``0 .. below-1`` (no gradients, no optimiser
     state: a cheaper backward pass). Returns the number of frozen parameters."""
@@ -434,6 +461,7 @@ class ReaderTrainingArgs:
     unanswerable_frac: float = 1.0
     wrong_doc_frac: float = 0.0
     other_paragraph_frac: float = 0.0
+    answer_removed_frac: float = 0.0
     skip_retriever_holdout: bool = False
     eval_every: int = 500
     eval_limit: int = 300
@@ -447,8 +475,8 @@ class ReaderTrainingArgs:
     distill_temperature: float = 2.0
 
     def __post_init__(self):
-        for name in ("unanswerable_frac", "wrong_doc_frac", "other_paragraph_frac", "warmup",
-                     "distill_alpha"):
+        for name in ("unanswerable_frac", "wrong_doc_frac", "other_paragraph_frac",
+                     "answer_removed_frac", "warmup", "distill_alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)}")
         for name in ("batch_size", "max_seq_len"):
@@ -534,7 +562,10 @@ class ReaderTrainer:
         others = other_paragraph_negatives(qs, a.other_paragraph_frac, self.rng)
         if others:
             print(f"[data] {len(others)} other-paragraph negatives", flush=True)
-        self.train_qs = qs + wrong + others
+        cut = answer_removed_negatives(qs, a.answer_removed_frac, self.rng)
+        if cut:
+            print(f"[data] {len(cut)} answer-removed negatives", flush=True)
+        self.train_qs = qs + wrong + others + cut
         dev = questions_of(load_squad(a.dev)) if a.dev else []
         self.dev_qs = dev
         self.dev_sub = random.Random(a.seed).sample(dev, min(a.eval_limit, len(dev)))
@@ -660,6 +691,7 @@ class ReaderTrainer:
                     "batch_size": a.batch_size, "epochs": a.epochs,
                     "wrong_doc_frac": a.wrong_doc_frac, "layer_decay": a.layer_decay,
                     "other_paragraph_frac": a.other_paragraph_frac,
+                    "answer_removed_frac": a.answer_removed_frac,
                     "freeze_below": a.freeze_below, "init": a.init, "bf16": a.bf16}
         if a.teacher:
             training.update(teacher=str(a.teacher), distill_alpha=a.distill_alpha,
@@ -689,6 +721,9 @@ _HELP = {
     "other_paragraph_frac": "add this share of answerable questions asked of another "
                             "paragraph of their own article that lacks their answer, "
                             "labelled unanswerable",
+    "answer_removed_frac": "add this share of answerable questions asked of their own "
+                           "paragraph with the sentences holding the answer cut out, "
+                           "labelled unanswerable",
     "skip_retriever_holdout": "leave out the articles the retriever is measured on",
     "eval_every": "steps between dev evals (0: only at the end)",
     "eval_limit": "dev questions per mid-run eval",
