@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from qa.errors import SpanQAError
+from qa.metrics import score
 
 
 def load_run(d: str | Path) -> tuple[dict, dict[str, dict]]:
@@ -21,6 +22,23 @@ def load_run(d: str | Path) -> tuple[dict, dict[str, dict]]:
     return metrics, rows
 
 
+def at_abstentions(rows: list[dict], k: int) -> tuple[float, float]:
+    """(EM, F1) in percent of a run had it abstained on exactly its ``k`` least confident
+    questions and answered the rest with its best span (``best_text``, ``best_score``).
+
+    Two readers with their own calibrations abstain at different rates, so their EM and F1
+    at their own thresholds mix how well they read with where the threshold sits; compared at
+    the same number of abstentions, only the reading differs."""
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["best_score"])
+    skip = set(order[:k])
+    em = f1 = 0.0
+    for i, r in enumerate(rows):
+        e, f = score("" if i in skip else r["best_text"], r["golds"])
+        em, f1 = em + e, f1 + f
+    n = max(len(rows), 1)
+    return 100 * em / n, 100 * f1 / n
+
+
 def compare(a_dir, b_dir) -> dict:
     ma, ra = load_run(a_dir)
     mb, rb = load_run(b_dir)
@@ -32,7 +50,14 @@ def compare(a_dir, b_dir) -> dict:
     common = sorted(set(ra) & set(rb))
     fixed = [i for i in common if ra[i]["em"] < 1 and rb[i]["em"] == 1]
     broken = [i for i in common if ra[i]["em"] == 1 and rb[i]["em"] < 1]
-    return {"deltas": deltas, "common": len(common), "fixed": [rb[i] | {"before": ra[i]["prediction"]} for i in fixed],
+    matched = []
+    if common and all("best_text" in r[i] and "best_score" in r[i] for r in (ra, rb) for i in common):
+        a_rows, b_rows = [ra[i] for i in common], [rb[i] for i in common]
+        counts = sorted({0, sum(r["abstained"] for r in a_rows), sum(r["abstained"] for r in b_rows)})
+        for k in counts:
+            (ea, fa), (eb, fb) = at_abstentions(a_rows, k), at_abstentions(b_rows, k)
+            matched.append({"abstained": k, "a": {"em": ea, "f1": fa}, "b": {"em": eb, "f1": fb}})
+    return {"deltas": deltas, "common": len(common), "matched": matched, "fixed": [rb[i] | {"before": ra[i]["prediction"]} for i in fixed],
             "broken": [rb[i] | {"before": ra[i]["prediction"]} for i in broken]}
 
 
@@ -40,6 +65,13 @@ def format_comparison(c: dict, a_name: str, b_name: str, show: int = 10) -> str:
     out = [f"{'metric':<22}{a_name[-18:]:>20}{b_name[-18:]:>20}{'delta':>10}"]
     for k, d in c["deltas"].items():
         out.append(f"{k:<22}{d['a']:>20.2f}{d['b']:>20.2f}{d['delta']:>+10.2f}")
+    if c.get("matched"):
+        out.append(f"\nEach run abstaining on its N least confident of the {c['common']} "
+                   "common questions (EM / F1):")
+        for m in c["matched"]:
+            a, b = m["a"], m["b"]
+            out.append(f"  N={m['abstained']:<6}{a['em']:>12.2f} /{a['f1']:>6.2f}"
+                       f"{b['em']:>13.2f} /{b['f1']:>6.2f}{b['f1'] - a['f1']:>+10.2f} F1")
     out.append(f"\n{c['common']} questions in both; {len(c['fixed'])} now exact, "
                f"{len(c['broken'])} no longer exact.")
     for title, rows in (("Fixed", c["fixed"]), ("Broken", c["broken"])):

@@ -95,8 +95,23 @@ def test_compare_prints_deltas_and_flips(data, tmp_path, tiny_reader_dir, capsys
     assert main(["eval", "--compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert "abstain_rate" in out and "delta" in out
+    # the same abstention count compares reading apart from the thresholds: N=0 for both runs
+    assert "least confident" in out and "N=0" in out
     rows_b = [json.loads(l) for l in (b / "per_question.jsonl").read_text().splitlines()]
     assert all(r["prediction"] == "" for r in rows_b)  # threshold 1.0 abstains on everything
+
+
+def test_runs_compared_at_the_same_number_of_abstentions():
+    from eval.compare import at_abstentions
+
+    rows = [{"best_text": "Paris", "best_score": 0.9, "golds": ["Paris"]},
+            {"best_text": "Lyon", "best_score": 0.2, "golds": ["Nice"]},
+            {"best_text": "1990", "best_score": 0.1, "golds": []},       # unanswerable
+            {"best_text": "the red car", "best_score": 0.5, "golds": ["red car"]}]
+    assert at_abstentions(rows, 0) == (50.0, 50.0)      # Paris, "the red car" (normalised)
+    assert at_abstentions(rows, 1) == (75.0, 75.0)      # refusing the unanswerable one is right
+    assert at_abstentions(rows, 2) == (75.0, 75.0)      # refusing the wrong "Lyon" costs nothing
+    assert at_abstentions(rows, 4) == (25.0, 25.0)      # only the refusal of the unanswerable
 
 
 def test_eval_refuses_a_non_squad_file(tmp_path, capsys):
