@@ -51,7 +51,8 @@ def compare(a_dir, b_dir) -> dict:
     fixed = [i for i in common if ra[i]["em"] < 1 and rb[i]["em"] == 1]
     broken = [i for i in common if ra[i]["em"] == 1 and rb[i]["em"] < 1]
     matched = []
-    if common and all("best_text" in r[i] and "best_score" in r[i] for r in (ra, rb) for i in common):
+    if common and all({"best_text", "best_score", "abstained"} <= r[i].keys()
+                      for r in (ra, rb) for i in common):
         a_rows, b_rows = [ra[i] for i in common], [rb[i] for i in common]
         counts = sorted({0, sum(r["abstained"] for r in a_rows), sum(r["abstained"] for r in b_rows)})
         for k in counts:

@@ -255,9 +255,10 @@ def answer_removed_negatives(questions: list[SquadQuestion], frac: float, rng: r
     """Answerable questions re-asked of *their own* paragraph with every sentence that holds a
     gold answer cut out, labelled unanswerable.
 
-    The hardest on-topic negative we can make without a person: the same names, the same
-    topic and the sentences around the answer, all but the one that says it (SQuAD 2.0's
-    unanswerables are on-topic too, but there are only about 5,000 of them). A question is
+    An on-topic negative made without a person: the same names, the same topic and the
+    sentences around the answer, all but the one that says it, to add to SQuAD 2.0's few
+    unanswerables (what it bought is in the reader's model card: less than hoped, since
+    theirs keep a plausible span and these do not). A question is
     skipped when fewer than ``min_sentences`` sentences are left or when a gold text still
     occurs in what is left (the paragraph says it twice)."""
     from index.chunking import sentence_spans
