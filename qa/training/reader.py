@@ -37,6 +37,7 @@ from qa.packed import is_packed, load_packed, resolve_base
 from qa.reader import ExtractiveReader, ReaderConfig
 from qa.squad import SquadQuestion, load_squad, questions_of, read_gold_paragraphs
 from qa.training.distill import TeacherCache, distill_loss, fill_teacher_cache, fingerprint
+from qa.training.perturb import perturbed_negatives
 
 
 def default_base_model() -> str:
@@ -463,6 +464,7 @@ class ReaderTrainingArgs:
     wrong_doc_frac: float = 0.0
     other_paragraph_frac: float = 0.0
     answer_removed_frac: float = 0.0
+    perturbed_frac: float = 0.0
     skip_retriever_holdout: bool = False
     eval_every: int = 500
     eval_limit: int = 300
@@ -477,7 +479,7 @@ class ReaderTrainingArgs:
 
     def __post_init__(self):
         for name in ("unanswerable_frac", "wrong_doc_frac", "other_paragraph_frac",
-                     "answer_removed_frac", "warmup", "distill_alpha"):
+                     "answer_removed_frac", "perturbed_frac", "warmup", "distill_alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)}")
         for name in ("batch_size", "max_seq_len"):
@@ -566,7 +568,12 @@ class ReaderTrainer:
         cut = answer_removed_negatives(qs, a.answer_removed_frac, self.rng)
         if cut:
             print(f"[data] {len(cut)} answer-removed negatives", flush=True)
-        self.train_qs = qs + wrong + others + cut
+        swapped = perturbed_negatives(qs, a.perturbed_frac, self.rng)
+        if swapped:
+            kinds = Counter(q.id.rsplit("-", 1)[1] for q in swapped)
+            print(f"[data] {len(swapped)} perturbed-question negatives "
+                  f"({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})", flush=True)
+        self.train_qs = qs + wrong + others + cut + swapped
         dev = questions_of(load_squad(a.dev)) if a.dev else []
         self.dev_qs = dev
         self.dev_sub = random.Random(a.seed).sample(dev, min(a.eval_limit, len(dev)))
@@ -693,6 +700,7 @@ class ReaderTrainer:
                     "wrong_doc_frac": a.wrong_doc_frac, "layer_decay": a.layer_decay,
                     "other_paragraph_frac": a.other_paragraph_frac,
                     "answer_removed_frac": a.answer_removed_frac,
+                    "perturbed_frac": a.perturbed_frac,
                     "freeze_below": a.freeze_below, "init": a.init, "bf16": a.bf16}
         if a.teacher:
             training.update(teacher=str(a.teacher), distill_alpha=a.distill_alpha,
@@ -725,6 +733,10 @@ _HELP = {
     "answer_removed_frac": "add this share of answerable questions asked of their own "
                            "paragraph with the sentences holding the answer cut out, "
                            "labelled unanswerable",
+    "perturbed_frac": "add this share of distinct answerable questions changed by rule so "
+                      "that their own paragraph no longer answers them (a name or number "
+                      "swapped, an antonym, a negation: qa/training/perturb.py), labelled "
+                      "unanswerable",
     "skip_retriever_holdout": "leave out the articles the retriever is measured on",
     "eval_every": "steps between dev evals (0: only at the end)",
     "eval_limit": "dev questions per mid-run eval",
