@@ -77,6 +77,16 @@ def questions_of(articles: list[SquadArticle]) -> list[SquadQuestion]:
     return [q for a in articles for q in a.questions]
 
 
+def paragraphs_by_title(questions: list[SquadQuestion]) -> dict[str, list[str]]:
+    """Each article's distinct paragraphs, as ``questions`` name them, in first-seen order."""
+    out: dict[str, list[str]] = {}
+    for q in questions:
+        ctxs = out.setdefault(q.title, [])
+        if q.context not in ctxs:
+            ctxs.append(q.context)
+    return out
+
+
 def article_document(art: SquadArticle, doc_id: str) -> tuple[Document, list[int]]:
     """The article as one clean document, and where each paragraph starts in it."""
     paras = [normalize_text(p) for p in art.paragraphs]

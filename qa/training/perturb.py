@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import re
 
-from qa.squad import SquadQuestion
+from qa.squad import SquadQuestion, paragraphs_by_title
 
 # Pairs of opposites, each read in both directions. Only words whose opposite changes what
 # is asked; "more"/"less" and the like are left out, being too often idiomatic.
@@ -175,11 +175,7 @@ def perturbed_negatives(questions: list[SquadQuestion], frac: float,
     answerable = list({q.id: q for q in questions if q.answers}.values())
     if frac <= 0 or not answerable:
         return []
-    paras: dict[str, list[str]] = {}
-    for q in questions:
-        ps = paras.setdefault(q.title, [])
-        if q.context not in ps:
-            ps.append(q.context)
+    paras = paragraphs_by_title(questions)
     names = {t: list(dict.fromkeys(n for p in ps for n in names_in(p))) for t, ps in paras.items()}
     numbers = {t: list(dict.fromkeys(n for p in ps for n in numbers_in(p)))
                for t, ps in paras.items()}

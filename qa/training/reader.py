@@ -35,7 +35,7 @@ from qa.features import build_windows
 from qa.metrics import score
 from qa.packed import is_packed, load_packed, resolve_base
 from qa.reader import ExtractiveReader, ReaderConfig
-from qa.squad import SquadQuestion, load_squad, questions_of, read_gold_paragraphs
+from qa.squad import SquadQuestion, load_squad, paragraphs_by_title, questions_of, read_gold_paragraphs
 from qa.training.distill import TeacherCache, distill_loss, fill_teacher_cache, fingerprint
 from qa.training.perturb import perturbed_negatives
 
@@ -229,11 +229,7 @@ def other_paragraph_negatives(questions: list[SquadQuestion], frac: float,
     answerable = [q for q in questions if q.answers]
     if frac <= 0 or not answerable:
         return []
-    by_title: dict[str, list[str]] = {}
-    for q in questions:
-        ctxs = by_title.setdefault(q.title, [])
-        if q.context not in ctxs:
-            ctxs.append(q.context)
+    by_title = paragraphs_by_title(questions)
     words = {c: _content_words(c) for cs in by_title.values() for c in cs}
     out = []
     for q in rng.sample(answerable, min(len(answerable), int(round(frac * len(answerable))))):
