@@ -48,7 +48,7 @@ for _a, _b in _OPPOSITES:
 _WH = frozenset("what which who whom whose when where why how".split())
 _BE = frozenset("is are was were".split())
 _NEGATION = re.compile(r"\b(not|no|never|none|nor|neither|without)\b|n't", re.IGNORECASE)
-# A run of capitalised words (a name), allowing "of"/"de"/"the" inside it, or a number.
+# A run of capitalised words (a name), allowing "of"/"de"/"the"/"von"/"van" inside it.
 _TOKEN = r"(?:[A-Z]\.|[A-Z](?:[\w'-]|\.(?=\w))*)"  # "Tesla", "U.S", an initial "M."
 _NAME = re.compile(rf"\b{_TOKEN}(?:\s+(?:(?:of|de|the|von|van)\s+)?{_TOKEN})*")
 _SENTENCE_START = re.compile(r"(?:^|[.!?][\"')\]]?\s+)$")
@@ -110,7 +110,7 @@ def entity_swap(q: SquadQuestion, article_names: list[str], article_numbers: lis
     None when no such pair exists."""
     ctx_lower, ctx_words = q.context.lower(), _words(q.context)
     body = q.question
-    first = body.split()[0] if body.split() else ""
+    first = (body.split() or [""])[0]
     spots = []
     for m in _NAME.finditer(body):
         name = _clean_name(m.group(0))
@@ -128,9 +128,10 @@ def entity_swap(q: SquadQuestion, article_names: list[str], article_numbers: lis
     for start, old, kind in spots:
         pool = article_names if kind == "name" else [n for n in article_numbers
                                                      if _kind(n) == kind]
+        old_words = _words(old)
         options = [c for c in pool if c != old and c.lower() not in golds
                    and not _mentions(ctx_lower, ctx_words, c)
-                   and not (_words(c) & _words(old))]
+                   and not (_words(c) & old_words)]
         if options:
             new = rng.choice(options)
             return body[:start] + new + body[start + len(old):]
@@ -164,7 +165,12 @@ def negate(q: SquadQuestion) -> str | None:
     return " ".join(words[:2] + ["not"] + words[2:])
 
 
-RULES = ("entity_swap", "antonym", "negation")
+# Each rule by the suffix its questions' ids get; tried in a random order per question.
+RULES = {
+    "swap": lambda q, names, numbers, rng: entity_swap(q, names, numbers, rng),
+    "antonym": lambda q, names, numbers, rng: antonym_flip(q, rng),
+    "neg": lambda q, names, numbers, rng: negate(q),
+}
 
 
 def perturbed_negatives(questions: list[SquadQuestion], frac: float,
@@ -179,18 +185,12 @@ def perturbed_negatives(questions: list[SquadQuestion], frac: float,
     names = {t: list(dict.fromkeys(n for p in ps for n in names_in(p))) for t, ps in paras.items()}
     numbers = {t: list(dict.fromkeys(n for p in ps for n in numbers_in(p)))
                for t, ps in paras.items()}
-    suffix = {"entity_swap": "swap", "antonym": "antonym", "negation": "neg"}
     out = []
     for q in rng.sample(answerable, min(len(answerable), int(round(frac * len(answerable))))):
-        for rule in rng.sample(RULES, len(RULES)):
-            if rule == "entity_swap":
-                text = entity_swap(q, names[q.title], numbers[q.title], rng)
-            elif rule == "antonym":
-                text = antonym_flip(q, rng)
-            else:
-                text = negate(q)
+        for suffix in rng.sample(list(RULES), len(RULES)):
+            text = RULES[suffix](q, names[q.title], numbers[q.title], rng)
             if text and text != q.question:
-                out.append(SquadQuestion(f"{q.id}-{suffix[rule]}", text, q.context, q.title,
+                out.append(SquadQuestion(f"{q.id}-{suffix}", text, q.context, q.title,
                                          q.paragraph, []))
                 break
     return out
