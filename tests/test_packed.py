@@ -182,3 +182,48 @@ def test_packed_weights_read_the_cache_and_build_our_own_module(base_and_tuned, 
     cached[0].write_bytes(b"broken")  # a broken cache is rebuilt, not an error
     assert torch.equal(packed_weights(tmp / "packed")["qa_outputs.weight"],
                        first["qa_outputs.weight"])
+
+
+def test_averaged_readers_pack_as_their_weighted_mean(base_and_tuned, monkeypatch):
+    """Two readers of one lineage, one of them packed, averaged 1:3 by pack-reader's CLI: the
+    result is the weighted mean of their weights, and the delta says what it was made of."""
+    from qa.cli import main
+
+    base_dir, tuned, tmp = base_and_tuned
+    monkeypatch.setenv("SPANQA_CACHE", str(tmp / "cache"))
+    other = BertForQuestionAnswering(tuned.config)
+    other.load_state_dict(tuned.state_dict())
+    with torch.no_grad():
+        for name, p in other.named_parameters():
+            if p.dim() == 2 and "embeddings" not in name:
+                p += 0.01 * torch.randn(p.shape[0], 2) @ torch.randn(2, p.shape[1])
+    other.save_pretrained(tmp / "other")
+    pack_reader(tmp / "other", str(base_dir), rank=8, out=tmp / "other-packed")
+    other = load_packed(tmp / "other-packed")  # what averaging a packed reader reads
+    assert main(["pack-reader", f"{tmp / 'tuned'}:1", f"{tmp / 'other-packed'}:3",
+                 "--base", str(base_dir), "--rank", "8", "--keep-embeddings",
+                 "--out", str(tmp / "soup")]) == 0
+    meta = json.loads((tmp / "soup" / DELTA_CONFIG_FILE).read_text())
+    assert [m["weight"] for m in meta["averaged_from"]] == [0.25, 0.75]
+    soup = load_packed(tmp / "soup").state_dict()
+    a, b = tuned.state_dict(), other.state_dict()
+    for key, got in soup.items():
+        assert torch.allclose(got, 0.25 * a[key] + 0.75 * b[key], atol=2e-3), key
+    assert not torch.allclose(soup["qa_outputs.weight"], a["qa_outputs.weight"])
+
+
+def test_readers_of_different_shapes_are_not_averaged(base_and_tuned, capsys):
+    from qa.cli import main
+
+    base_dir, tuned, tmp = base_and_tuned
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertForQuestionAnswering(cfg).save_pretrained(tmp / "shallow")
+    assert main(["pack-reader", str(tmp / "tuned"), str(tmp / "shallow"), "--base", str(base_dir),
+                 "--out", str(tmp / "soup")]) == 2
+    err = capsys.readouterr().err
+    assert "not the same architecture" in err and "Traceback" not in err
+    assert not (tmp / "soup").exists()
+    assert main(["pack-reader", f"{tmp / 'tuned'}:0", "--base", str(base_dir),
+                 "--out", str(tmp / "soup")]) == 2
+    assert "weight must be above 0" in capsys.readouterr().err

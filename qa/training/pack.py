@@ -1,6 +1,10 @@
 """Pack a fine-tuned reader as a low-rank delta over a base that pip ships:
 ``spanqa pack-reader MODEL --base all-mpnet-base-v2 --rank 64 --out DIR``.
 
+Several readers of one lineage (continued from one another, so their weights lie in one basin)
+can be averaged first, each ``PATH:WEIGHT`` ("model soup", Wortsman et al. 2022):
+``spanqa pack-reader qa/models/reader:1 runs/v8-packed:1 --base all-mpnet-base-v2 --out DIR``.
+
 The loader, :func:`qa.packed.load_packed`, is on the answering path; this writer is not.
 """
 from __future__ import annotations
@@ -13,9 +17,61 @@ from qa.errors import ModelNotFoundError, SpanQAError
 from qa.packed import DELTA_CONFIG_FILE, DELTA_FORMAT, DELTA_FORMAT_VERSION, DELTA_WEIGHTS_FILE, _base_key, _empty_qa_model, resolve_base
 
 
+def parse_reader_spec(spec: str) -> tuple[Path, float]:
+    """``PATH`` or ``PATH:WEIGHT`` (weight 1 when none is given) -> (path, weight)."""
+    path, sep, weight = spec.rpartition(":")
+    if not sep or not path:
+        return Path(spec), 1.0
+    try:
+        w = float(weight)
+    except ValueError:
+        return Path(spec), 1.0  # a colon inside the path itself
+    if not w > 0:
+        raise SpanQAError(f"A reader's weight must be above 0, not {weight!r} (in {spec!r}).")
+    return Path(path), w
+
+
+def reader_weights(folder: str | Path) -> dict:
+    """A reader folder's fp32 weights by transformers' names: a full folder's
+    ``model.safetensors`` or a packed folder's rebuilt weights."""
+    from safetensors.torch import load_file
+
+    from qa.packed import is_packed, packed_weights
+
+    folder = Path(folder)
+    if is_packed(folder):
+        return {k: v.float() for k, v in packed_weights(folder).items()}
+    if not (folder / "model.safetensors").is_file():
+        raise ModelNotFoundError(f"No reader at {folder} (no model.safetensors and no "
+                                 f"packed delta).")
+    return {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+
+
+def average_weights(readers: list[tuple[Path, float]]) -> dict:
+    """The weighted mean of several readers' weights (weights normalised to sum to 1). They
+    must have the same tensors of the same shapes: one architecture, one lineage."""
+    total = sum(w for _, w in readers)
+    avg, first = None, None
+    for folder, w in readers:
+        sd = reader_weights(folder)
+        if avg is None:
+            avg, first = {k: v * (w / total) for k, v in sd.items()}, folder
+            continue
+        if sd.keys() != avg.keys() or any(sd[k].shape != avg[k].shape for k in avg):
+            raise SpanQAError(f"{folder} and {first} are not the same architecture; only "
+                              f"readers of one lineage can be averaged.")
+        for k, v in sd.items():
+            avg[k] += v * (w / total)
+    return avg
+
+
 def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
-                keep_embeddings: bool = False) -> dict:
+                keep_embeddings: bool = False, tuned: dict | None = None,
+                averaged_from: list[tuple[Path, float]] | None = None) -> dict:
     """Write ``out``: the QA model at ``model_dir`` as a rank-``rank`` delta over ``base``.
+    ``tuned``: weights to pack instead of ``model_dir``'s (which then gives only the config,
+    tokenizer and reading settings), e.g. :func:`average_weights` of ``averaged_from``, which
+    ``spanqa_delta.json`` records.
 
     2-D weights become ``U`` (out x r) and ``V`` (r x in) from a truncated SVD of the delta;
     1-D tensors and tensors the base lacks (the span head) are kept whole; embedding tables
@@ -29,10 +85,13 @@ def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
     if rank < 1:
         raise SpanQAError(f"--rank must be at least 1, not {rank}.")
     base_dir = Path(resolve_base(base))
-    for d, what in ((model_dir, "fine-tuned model"), (base_dir, "base model")):
+    checks = ((base_dir, "base model"),) if tuned is not None else (
+        (model_dir, "fine-tuned model"), (base_dir, "base model"))
+    for d, what in checks:
         if not (d / "model.safetensors").is_file():
             raise ModelNotFoundError(f"No {what} at {d} (it has no model.safetensors).")
-    tuned = load_file(str(model_dir / "model.safetensors"))
+    if tuned is None:
+        tuned = load_file(str(model_dir / "model.safetensors"))
     base_sd = load_file(str(base_dir / "model.safetensors"))
     prefix = _empty_qa_model(model_dir).base_model_prefix
     tensors, lowrank, whole, at_base, rel_err = {}, [], [], [], {}
@@ -69,6 +128,10 @@ def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
         "lowrank": lowrank, "whole": whole, "at_base": at_base,
         "mean_relative_error": sum(rel_err.values()) / max(len(rel_err), 1),
     }
+    if averaged_from:
+        total = sum(w for _, w in averaged_from)
+        meta["averaged_from"] = [{"reader": str(f), "weight": w / total}
+                                 for f, w in averaged_from]
     (out / DELTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -78,14 +141,21 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="spanqa pack-reader",
                                  description="Ship a reader as a low-rank delta over a pip-shipped base.")
-    ap.add_argument("model", help="a trained QA model folder (from train-reader)")
+    ap.add_argument("model", nargs="+", metavar="MODEL[:WEIGHT]",
+                    help="a trained QA model folder (from train-reader); several (full or "
+                         "packed, one lineage) are averaged first, each with its WEIGHT (1)")
     ap.add_argument("--base", required=True, help="the base it was trained from, e.g. all-mpnet-base-v2")
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--out", required=True, metavar="DIR")
     ap.add_argument("--keep-embeddings", action="store_true",
                     help="also store the embedding tables' delta (default: leave them at the base)")
     args = ap.parse_args(argv)
-    meta = pack_reader(args.model, args.base, args.rank, args.out, args.keep_embeddings)
+    readers = [parse_reader_spec(m) for m in args.model]
+    if len(readers) == 1 and readers[0][1] == 1.0:
+        meta = pack_reader(readers[0][0], args.base, args.rank, args.out, args.keep_embeddings)
+    else:
+        meta = pack_reader(readers[0][0], args.base, args.rank, args.out, args.keep_embeddings,
+                           tuned=average_weights(readers), averaged_from=readers)
     size = sum(f.stat().st_size for f in Path(args.out).iterdir())
     print(f"{args.out}: rank-{args.rank} delta over {args.base}, {len(meta['lowrank'])} low-rank "
           f"matrices (mean relative error {meta['mean_relative_error']:.3f}), "
