@@ -358,6 +358,20 @@ def packed_weights(path: str | Path) -> dict:
     return state if state is not None else load_packed(path).state_dict()
 
 
+def folder_weights(folder: str | Path) -> dict | None:
+    """A reader folder's weights by transformers' names, whichever way it stores them: a packed
+    folder's rebuilt weights (:func:`packed_weights`) or a full folder's ``model.safetensors``;
+    None for anything else (``pytorch_model.bin`` and the like, which transformers reads)."""
+    folder = Path(folder)
+    if is_packed(folder):
+        return packed_weights(folder)
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / "model.safetensors"))
+    return None
+
+
 def load_packed(path: str | Path, cache: bool = True):
     """Rebuild the QA model saved by :func:`pack_reader` (fp32, on the CPU).
 

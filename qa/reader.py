@@ -25,7 +25,7 @@ from qa.decoding import decode_windows, min_null_logit
 from qa.errors import ModelNotFoundError, OptionError
 from qa.features import build_windows
 from qa.onnx_backend import ONNX_RUNTIMES, check_runtime, resolve_runtime
-from qa.packed import is_packed, load_packed, packed_weights
+from qa.packed import folder_weights, is_packed, load_packed
 from qa.scoring import RawSpan, ReaderResult, ReaderSpan, score_spans  # noqa: F401 (re-exported)
 
 log = logging.getLogger("spanqa.reader")
@@ -279,15 +279,8 @@ class ExtractiveReader:
         config = read_config(folder)
         if architecture(config) is None:
             return None
-        if is_packed(folder):
-            state = packed_weights(folder)
-        elif (folder / "model.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            state = load_file(str(folder / "model.safetensors"))
-        else:
-            return None  # pytorch_model.bin and the like: transformers reads them
-        return build_reader(config, state, dtype)
+        state = folder_weights(folder)
+        return None if state is None else build_reader(config, state, dtype)
 
     def _start_onnx(self, path: str, runtime: str) -> bool:
         """Read with ONNX Runtime (exporting on first use); False, after a log line, when it

@@ -14,7 +14,16 @@ import shutil
 from pathlib import Path
 
 from qa.errors import ModelNotFoundError, SpanQAError
-from qa.packed import DELTA_CONFIG_FILE, DELTA_FORMAT, DELTA_FORMAT_VERSION, DELTA_WEIGHTS_FILE, _base_key, _empty_qa_model, resolve_base
+from qa.packed import (
+    DELTA_CONFIG_FILE,
+    DELTA_FORMAT,
+    DELTA_FORMAT_VERSION,
+    DELTA_WEIGHTS_FILE,
+    _base_key,
+    _empty_qa_model,
+    folder_weights,
+    resolve_base,
+)
 
 
 def parse_reader_spec(spec: str) -> tuple[Path, float]:
@@ -31,37 +40,24 @@ def parse_reader_spec(spec: str) -> tuple[Path, float]:
     return Path(path), w
 
 
-def reader_weights(folder: str | Path) -> dict:
-    """A reader folder's fp32 weights by transformers' names: a full folder's
-    ``model.safetensors`` or a packed folder's rebuilt weights."""
-    from safetensors.torch import load_file
-
-    from qa.packed import is_packed, packed_weights
-
-    folder = Path(folder)
-    if is_packed(folder):
-        return {k: v.float() for k, v in packed_weights(folder).items()}
-    if not (folder / "model.safetensors").is_file():
-        raise ModelNotFoundError(f"No reader at {folder} (no model.safetensors and no "
-                                 f"packed delta).")
-    return {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
-
-
 def average_weights(readers: list[tuple[Path, float]]) -> dict:
-    """The weighted mean of several readers' weights (weights normalised to sum to 1). They
-    must have the same tensors of the same shapes: one architecture, one lineage."""
-    total = sum(w for _, w in readers)
+    """The weighted mean of several readers' fp32 weights, full or packed folders; the weights
+    must sum to 1 (:func:`main` normalises them). The readers must have the same tensors of
+    the same shapes: one architecture, one lineage."""
     avg, first = None, None
     for folder, w in readers:
-        sd = reader_weights(folder)
+        sd = folder_weights(folder)
+        if sd is None:
+            raise ModelNotFoundError(f"No reader at {folder} (no model.safetensors and no "
+                                     f"packed delta).")
         if avg is None:
-            avg, first = {k: v * (w / total) for k, v in sd.items()}, folder
+            avg, first = {k: v.float() * w for k, v in sd.items()}, folder
             continue
         if sd.keys() != avg.keys() or any(sd[k].shape != avg[k].shape for k in avg):
             raise SpanQAError(f"{folder} and {first} are not the same architecture; only "
                               f"readers of one lineage can be averaged.")
         for k, v in sd.items():
-            avg[k] += v * (w / total)
+            avg[k] += v.float() * w
     return avg
 
 
@@ -129,9 +125,7 @@ def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
         "mean_relative_error": sum(rel_err.values()) / max(len(rel_err), 1),
     }
     if averaged_from:
-        total = sum(w for _, w in averaged_from)
-        meta["averaged_from"] = [{"reader": str(f), "weight": w / total}
-                                 for f, w in averaged_from]
+        meta["averaged_from"] = [{"reader": str(f), "weight": w} for f, w in averaged_from]
     (out / DELTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -151,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also store the embedding tables' delta (default: leave them at the base)")
     args = ap.parse_args(argv)
     readers = [parse_reader_spec(m) for m in args.model]
-    if len(readers) == 1 and readers[0][1] == 1.0:
+    total = sum(w for _, w in readers)
+    readers = [(f, w / total) for f, w in readers]
+    if len(readers) == 1:
         meta = pack_reader(readers[0][0], args.base, args.rank, args.out, args.keep_embeddings)
     else:
         meta = pack_reader(readers[0][0], args.base, args.rank, args.out, args.keep_embeddings,
