@@ -227,3 +227,38 @@ def test_readers_of_different_shapes_are_not_averaged(base_and_tuned, capsys):
     assert main(["pack-reader", f"{tmp / 'tuned'}:0", "--base", str(base_dir),
                  "--out", str(tmp / "soup")]) == 2
     assert "weight must be above 0" in capsys.readouterr().err
+
+
+def test_full_average_writes_the_mean_whole_and_loads_as_a_reader(base_and_tuned):
+    """--full (the fast reader's format): the weighted mean is written whole in fp16 beside the
+    first reader's settings, which record what it averaged; no --base is needed."""
+    from qa.cli import main
+    from qa.reader import ReaderConfig
+
+    _, tuned, tmp = base_and_tuned
+    ReaderConfig(max_seq_len=48).save(tmp / "tuned")
+    other = BertForQuestionAnswering(tuned.config)
+    with torch.no_grad():
+        for (_, p), (_, q) in zip(other.named_parameters(), tuned.named_parameters()):
+            p.copy_(q + 0.05 * torch.randn_like(q))
+    other.save_pretrained(tmp / "other")
+    assert main(["pack-reader", f"{tmp / 'tuned'}:3", f"{tmp / 'other'}:1", "--full",
+                 "--out", str(tmp / "soup")]) == 0
+    assert not (tmp / "soup" / DELTA_CONFIG_FILE).exists()
+    soup = BertForQuestionAnswering.from_pretrained(tmp / "soup")
+    a, b = tuned.state_dict(), other.state_dict()
+    for key, got in soup.state_dict().items():
+        assert torch.allclose(got.float(), 0.75 * a[key] + 0.25 * b[key], atol=1e-3), key
+    cfg = ReaderConfig.load(tmp / "soup")
+    assert cfg.max_seq_len == 48
+    assert [m["weight"] for m in cfg.notes["averaged_from"]] == [0.75, 0.25]
+
+
+def test_pack_reader_without_base_or_full_says_so(base_and_tuned, capsys):
+    from qa.cli import main
+
+    _, _, tmp = base_and_tuned
+    assert main(["pack-reader", str(tmp / "tuned"), "--out", str(tmp / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--base" in err and "--full" in err and "Traceback" not in err
+    assert not (tmp / "x").exists()

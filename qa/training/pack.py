@@ -4,6 +4,8 @@
 Several readers of one lineage (continued from one another, so their weights lie in one basin)
 can be averaged first, each ``PATH:WEIGHT`` ("model soup", Wortsman et al. 2022):
 ``spanqa pack-reader qa/models/reader:1 runs/v8-packed:1 --base all-mpnet-base-v2 --out DIR``.
+A reader whose base is small enough to ship whole (the fast reader, 45 MB) is written whole in
+fp16 instead of as a delta: ``spanqa pack-reader A:1 B:1 --full --out DIR``.
 
 The loader, :func:`qa.packed.load_packed`, is on the answering path; this writer is not.
 """
@@ -24,6 +26,7 @@ from qa.packed import (
     folder_weights,
     resolve_base,
 )
+from qa.reader import ReaderConfig
 
 
 def parse_reader_spec(spec: str) -> tuple[Path, float]:
@@ -130,6 +133,27 @@ def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
     return meta
 
 
+def save_full(model_dir: str | Path, out: str | Path, tuned: dict,
+              averaged_from: list[tuple[Path, float]] | None = None) -> None:
+    """Write ``out``: ``model_dir``'s reader folder (config, tokenizer, reading settings) with
+    the weights ``tuned`` stored whole in fp16, as ``train-reader`` writes them; an average
+    records what it was made of in ``spanqa_reader.json`` (``averaged_from``)."""
+    from safetensors.torch import save_file
+
+    model_dir, out = Path(model_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", DELTA_WEIGHTS_FILE,
+                                          DELTA_CONFIG_FILE):
+            shutil.copy(f, out / f.name)
+    save_file({k: v.half().contiguous() for k, v in tuned.items()},
+              str(out / "model.safetensors"), metadata={"format": "pt"})
+    if averaged_from:
+        cfg = ReaderConfig.load(out)
+        cfg.notes["averaged_from"] = [{"reader": str(f), "weight": w} for f, w in averaged_from]
+        cfg.save(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -138,15 +162,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", nargs="+", metavar="MODEL[:WEIGHT]",
                     help="a trained QA model folder (from train-reader); several (full or "
                          "packed, one lineage) are averaged first, each with its WEIGHT (1)")
-    ap.add_argument("--base", required=True, help="the base it was trained from, e.g. all-mpnet-base-v2")
+    ap.add_argument("--base", help="the base it was trained from, e.g. all-mpnet-base-v2 "
+                                    "(needed unless --full)")
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--out", required=True, metavar="DIR")
     ap.add_argument("--keep-embeddings", action="store_true",
                     help="also store the embedding tables' delta (default: leave them at the base)")
+    ap.add_argument("--full", action="store_true",
+                    help="write the (averaged) weights whole in fp16 rather than as a delta over "
+                         "--base: for a small reader such as the fast one")
     args = ap.parse_args(argv)
+    if not args.full and not args.base:
+        raise SpanQAError("pack-reader needs --base (the pip-shipped encoder the reader was "
+                          "trained from), or --full to write the weights whole.")
     readers = [parse_reader_spec(m) for m in args.model]
     total = sum(w for _, w in readers)
     readers = [(f, w / total) for f, w in readers]
+    if args.full:
+        tuned = average_weights(readers)  # one reader: its own weights
+        save_full(readers[0][0], args.out, tuned, readers if len(readers) > 1 else None)
+        size = (Path(args.out) / "model.safetensors").stat().st_size
+        print(f"{args.out}: {len(tuned)} tensors written whole in fp16 "
+              f"({size / 1e6:.1f} MB)" + (f", the average of {len(readers)} readers"
+                                          if len(readers) > 1 else ""))
+        return 0
     if len(readers) == 1:
         meta = pack_reader(readers[0][0], args.base, args.rank, args.out, args.keep_embeddings)
     else:
