@@ -252,6 +252,9 @@ def test_full_average_writes_the_mean_whole_and_loads_as_a_reader(base_and_tuned
     cfg = ReaderConfig.load(tmp / "soup")
     assert cfg.max_seq_len == 48
     assert [m["weight"] for m in cfg.notes["averaged_from"]] == [0.75, 0.25]
+    # written over its own first reader, it averages before it writes and copies nothing
+    assert main(["pack-reader", str(tmp / "soup"), "--full", "--out", str(tmp / "soup")]) == 0
+    assert ReaderConfig.load(tmp / "soup").max_seq_len == 48
 
 
 def test_pack_reader_without_base_or_full_says_so(base_and_tuned, capsys):

@@ -144,7 +144,7 @@ def save_full(model_dir: str | Path, out: str | Path, tuned: dict,
     out.mkdir(parents=True, exist_ok=True)
     for f in model_dir.iterdir():
         if f.is_file() and f.name not in ("model.safetensors", DELTA_WEIGHTS_FILE,
-                                          DELTA_CONFIG_FILE):
+                                          DELTA_CONFIG_FILE) and out.resolve() != model_dir.resolve():
             shutil.copy(f, out / f.name)
     save_file({k: v.half().contiguous() for k, v in tuned.items()},
               str(out / "model.safetensors"), metadata={"format": "pt"})
