@@ -43,6 +43,23 @@ def parse_reader_spec(spec: str) -> tuple[Path, float]:
     return Path(path), w
 
 
+def copy_reader_files(model_dir: Path, out: Path) -> None:
+    """Give ``out`` the reader folder's config, tokenizer and reading settings, not its weights
+    (whole or packed): the writers below add those. Nothing to copy when ``out`` is the folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    if out.resolve() == model_dir.resolve():
+        return
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", DELTA_WEIGHTS_FILE,
+                                          DELTA_CONFIG_FILE):
+            shutil.copy(f, out / f.name)
+
+
+def sources(averaged_from: list[tuple[Path, float]]) -> list[dict]:
+    """What an average was made of, as recorded beside its weights."""
+    return [{"reader": str(f), "weight": w} for f, w in averaged_from]
+
+
 def average_weights(readers: list[tuple[Path, float]]) -> dict:
     """The weighted mean of several readers' fp32 weights, full or packed folders; the weights
     must sum to 1 (:func:`main` normalises them). The readers must have the same tensors of
@@ -111,11 +128,7 @@ def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
         rel_err[key] = float((delta - U @ V).norm() / max(float(delta.norm()), 1e-12))
         tensors[key + ".lowrank_u"], tensors[key + ".lowrank_v"] = U.half(), V.half()
         lowrank.append(key)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in model_dir.iterdir():
-        if f.is_file() and f.name not in ("model.safetensors", DELTA_WEIGHTS_FILE,
-                                          DELTA_CONFIG_FILE):
-            shutil.copy(f, out / f.name)
+    copy_reader_files(model_dir, out)
     (out / "model.safetensors").unlink(missing_ok=True)
     save_file(tensors, str(out / DELTA_WEIGHTS_FILE))
     base_info = json.loads((base_dir / "base.json").read_text()) if (
@@ -128,7 +141,7 @@ def pack_reader(model_dir: str | Path, base: str, rank: int, out: str | Path,
         "mean_relative_error": sum(rel_err.values()) / max(len(rel_err), 1),
     }
     if averaged_from:
-        meta["averaged_from"] = [{"reader": str(f), "weight": w} for f, w in averaged_from]
+        meta["averaged_from"] = sources(averaged_from)
     (out / DELTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -141,16 +154,12 @@ def save_full(model_dir: str | Path, out: str | Path, tuned: dict,
     from safetensors.torch import save_file
 
     model_dir, out = Path(model_dir), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in model_dir.iterdir():
-        if f.is_file() and f.name not in ("model.safetensors", DELTA_WEIGHTS_FILE,
-                                          DELTA_CONFIG_FILE) and out.resolve() != model_dir.resolve():
-            shutil.copy(f, out / f.name)
+    copy_reader_files(model_dir, out)
     save_file({k: v.half().contiguous() for k, v in tuned.items()},
               str(out / "model.safetensors"), metadata={"format": "pt"})
     if averaged_from:
         cfg = ReaderConfig.load(out)
-        cfg.notes["averaged_from"] = [{"reader": str(f), "weight": w} for f, w in averaged_from]
+        cfg.notes["averaged_from"] = sources(averaged_from)
         cfg.save(out)
 
 
