@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from index.chunking import sentence_spans
+from qa.calibration import threshold_outcome
 from qa.errors import SpanQAError
 from qa.metrics import score
 from qa.squad import load_squad, shared_data
@@ -59,14 +60,16 @@ def refused_within(scores, f1, answerable, budget: float) -> tuple[float, float]
     answerable = np.asarray(answerable, bool)
     if not answerable.any() or answerable.all():
         raise ValueError("need both answerable and unanswerable questions")
-    sa, fa, su = scores[answerable], f1[answerable], scores[~answerable]
-    full = 100 * fa.mean()
+    sa, fa, su = scores[answerable].tolist(), f1[answerable].tolist(), scores[~answerable].tolist()
+    no_answer, refusal = [0.0] * len(sa), [1.0] * len(su)
+    full = 100 * float(np.mean(fa))
     best = (0.0, float(scores.min()))
-    for t in np.unique(scores):
-        if full - 100 * (fa * (sa >= t)).mean() <= budget + 1e-9:
-            refused = float((su < t).mean())
+    for t in np.unique(scores).tolist():
+        kept, _ = threshold_outcome(sa, fa, no_answer, t)
+        if full - 100 * kept <= budget + 1e-9:
+            _, refused = threshold_outcome(su, [0.0] * len(su), refusal, t)
             if refused > best[0]:
-                best = (refused, float(t))
+                best = (refused, t)
     return best
 
 
