@@ -61,13 +61,14 @@ def refused_within(scores, f1, answerable, budget: float) -> tuple[float, float]
     if not answerable.any() or answerable.all():
         raise ValueError("need both answerable and unanswerable questions")
     sa, fa, su = scores[answerable].tolist(), f1[answerable].tolist(), scores[~answerable].tolist()
-    no_answer, refusal = [0.0] * len(sa), [1.0] * len(su)
+    refused_scores_0 = [0.0] * len(sa)  # an answerable question refused scores 0
+    unscored = [0.0] * len(su)  # of the unanswerables only the refusal rate is read
     full = 100 * float(np.mean(fa))
     best = (0.0, float(scores.min()))
     for t in np.unique(scores).tolist():
-        kept, _ = threshold_outcome(sa, fa, no_answer, t)
+        kept, _ = threshold_outcome(sa, fa, refused_scores_0, t)
         if full - 100 * kept <= budget + 1e-9:
-            _, refused = threshold_outcome(su, [0.0] * len(su), refusal, t)
+            _, refused = threshold_outcome(su, unscored, unscored, t)
             if refused > best[0]:
                 best = (refused, t)
     return best
