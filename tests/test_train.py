@@ -118,6 +118,21 @@ def test_other_paragraph_negatives_stay_in_the_article_and_never_hold_a_gold_ans
     assert other_paragraph_negatives(qs, 0.0, random.Random(0)) == []
 
 
+def test_unanswerable_questions_are_reasked_of_the_nearest_other_paragraph_of_their_article():
+    paras = ["The Nile flooded the valley in 1910.", "Cairo sits on the Nile delta.",
+             "Valley floods along the Nile ruined the cotton of 1910."]
+    qs = [SquadQuestion("a1", "When did the Nile flood the valley?", paras[0], "Nile", 0, [("1910", 30)]),
+          SquadQuestion("u1", "When did the Nile valley freeze?", paras[0], "Nile", 0, []),
+          SquadQuestion("u2", "Who founded Cairo?", paras[1], "Nile", 1, []),
+          SquadQuestion("a3", "What did floods ruin?", paras[2], "Nile", 2, [("the cotton", 33)]),
+          SquadQuestion("r1", "When did the Rhine freeze?", "The Rhine froze in 1963.", "Rhine", 0, [])]
+    negs = other_paragraph_negatives(qs, 1.0, random.Random(0), unanswerable=True)
+    # only the unanswerable questions are re-asked, each of the paragraph of its own article
+    # sharing the most words with it (never its own); the one-paragraph Rhine article gives none
+    assert sorted((n.id, n.context, n.is_impossible) for n in negs) == [
+        ("u1-otherpara", paras[2], True), ("u2-otherpara", paras[0], True)]
+
+
 def test_answer_removed_negatives_cut_the_answer_sentence_and_keep_the_rest():
     ctx = ("The Nile rises in Burundi. It floods every summer. The Aswan dam was finished in 1970. "
            "Farmers grow cotton on its banks.")

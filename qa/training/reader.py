@@ -217,7 +217,7 @@ def wrong_document_negatives(questions: list[SquadQuestion], frac: float, rng: r
 
 
 def other_paragraph_negatives(questions: list[SquadQuestion], frac: float,
-                              rng: random.Random) -> list[SquadQuestion]:
+                              rng: random.Random, unanswerable: bool = False) -> list[SquadQuestion]:
     """Answerable questions re-asked of another paragraph of *their own* article that holds
     none of their gold answers, labelled unanswerable.
 
@@ -225,8 +225,12 @@ def other_paragraph_negatives(questions: list[SquadQuestion], frac: float,
     names, no answer. Each negative takes the paragraph sharing the most content words with
     the question (a hard near miss, as the retriever would rank it). Trained on these, the
     no-answer score of a passage means "this passage does not say", so span scores stay
-    comparable across the passages of one question."""
-    answerable = [q for q in questions if q.answers]
+    comparable across the passages of one question.
+
+    With ``unanswerable=True`` the questions re-asked are the *unanswerable* ones instead: a
+    question its own paragraph does not answer is read, through the retriever, beside the
+    other paragraphs of its article too, and each of those must be refused as well."""
+    answerable = [q for q in questions if bool(q.answers) != unanswerable]
     if frac <= 0 or not answerable:
         return []
     by_title = paragraphs_by_title(questions)
@@ -461,6 +465,7 @@ class ReaderTrainingArgs:
     other_paragraph_frac: float = 0.0
     answer_removed_frac: float = 0.0
     perturbed_frac: float = 0.0
+    unanswerable_other_frac: float = 0.0
     skip_retriever_holdout: bool = False
     eval_every: int = 500
     eval_limit: int = 300
@@ -475,7 +480,7 @@ class ReaderTrainingArgs:
 
     def __post_init__(self):
         for name in ("unanswerable_frac", "wrong_doc_frac", "other_paragraph_frac",
-                     "answer_removed_frac", "perturbed_frac", "warmup", "distill_alpha"):
+                     "answer_removed_frac", "perturbed_frac", "unanswerable_other_frac", "warmup", "distill_alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)}")
         for name in ("batch_size", "max_seq_len"):
@@ -569,7 +574,12 @@ class ReaderTrainer:
             kinds = Counter(q.id.rsplit("-", 1)[1] for q in swapped)
             print(f"[data] {len(swapped)} perturbed-question negatives "
                   f"({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})", flush=True)
-        self.train_qs = qs + wrong + others + cut + swapped
+        # drawn last, so that the rng gives every earlier command the negatives it gave before
+        unans = other_paragraph_negatives(qs, a.unanswerable_other_frac, self.rng, unanswerable=True)
+        if unans:
+            print(f"[data] {len(unans)} unanswerable questions asked of another paragraph",
+                  flush=True)
+        self.train_qs = qs + wrong + others + cut + swapped + unans
         dev = questions_of(load_squad(a.dev)) if a.dev else []
         self.dev_qs = dev
         self.dev_sub = random.Random(a.seed).sample(dev, min(a.eval_limit, len(dev)))
@@ -697,6 +707,7 @@ class ReaderTrainer:
                     "other_paragraph_frac": a.other_paragraph_frac,
                     "answer_removed_frac": a.answer_removed_frac,
                     "perturbed_frac": a.perturbed_frac,
+                    "unanswerable_other_frac": a.unanswerable_other_frac,
                     "freeze_below": a.freeze_below, "init": a.init, "bf16": a.bf16}
         if a.teacher:
             training.update(teacher=str(a.teacher), distill_alpha=a.distill_alpha,
@@ -733,6 +744,9 @@ _HELP = {
                       "that their own paragraph no longer answers them (a name or number "
                       "swapped, an antonym, a negation: qa/training/perturb.py), labelled "
                       "unanswerable",
+    "unanswerable_other_frac": "add this share of unanswerable questions asked of the "
+                               "paragraph of their own article nearest to them in words, "
+                               "labelled unanswerable",
     "skip_retriever_holdout": "leave out the articles the retriever is measured on",
     "eval_every": "steps between dev evals (0: only at the end)",
     "eval_limit": "dev questions per mid-run eval",
