@@ -230,13 +230,13 @@ def other_paragraph_negatives(questions: list[SquadQuestion], frac: float,
     With ``unanswerable=True`` the questions re-asked are the *unanswerable* ones instead: a
     question its own paragraph does not answer is read, through the retriever, beside the
     other paragraphs of its article too, and each of those must be refused as well."""
-    answerable = [q for q in questions if bool(q.answers) != unanswerable]
-    if frac <= 0 or not answerable:
+    asked = [q for q in questions if bool(q.answers) != unanswerable]
+    if frac <= 0 or not asked:
         return []
     by_title = paragraphs_by_title(questions)
     words = {c: _content_words(c) for cs in by_title.values() for c in cs}
     out = []
-    for q in rng.sample(answerable, min(len(answerable), int(round(frac * len(answerable))))):
+    for q in rng.sample(asked, min(len(asked), int(round(frac * len(asked))))):
         qw = _content_words(q.question)
         golds = {t.lower() for t in q.gold_texts}
         best, best_overlap = None, -1
@@ -480,7 +480,8 @@ class ReaderTrainingArgs:
 
     def __post_init__(self):
         for name in ("unanswerable_frac", "wrong_doc_frac", "other_paragraph_frac",
-                     "answer_removed_frac", "perturbed_frac", "unanswerable_other_frac", "warmup", "distill_alpha"):
+                     "answer_removed_frac", "perturbed_frac", "unanswerable_other_frac",
+                     "warmup", "distill_alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)}")
         for name in ("batch_size", "max_seq_len"):
