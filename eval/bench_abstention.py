@@ -5,8 +5,9 @@
 Documents: the shared dev articles and the bundled article. Each answerable question is
 asked twice through ``DocumentQA`` (retrieval + reader), the way users ask:
 
-* of its own document: F1 with the calibrated threshold, and with no threshold at all
-  (the difference is what abstention costs on answerable questions);
+* of its own document: F1 with the reader's calibrated rule, and had it never refused (its
+  best candidate taken instead: the difference is what abstention costs on answerable
+  questions);
 * of another document (the next one in the list, so dev questions also go to the bundled
   article and its questions to a dev article): how often spanqa abstains;
 * of another paragraph of its own article that holds none of its gold answers (the reader
@@ -58,7 +59,7 @@ def main() -> None:
 
     reader = shared_reader(args.reader)
     reader.warm_up()
-    threshold = reader.config.calibration.threshold
+    cal = reader.config.calibration
     rng = random.Random(args.seed)
     docs, question_sets = [], []
     for ai, art in enumerate(load_squad(args.dev)):
@@ -74,10 +75,11 @@ def main() -> None:
     for i in tqdm(range(n), desc="documents"):
         qs = question_sets[i]
         texts = [q.question for q in qs]
-        own = docs[i].ask_many(texts, threshold=0.0)
+        own = docs[i].ask_many(texts)
         for q, a in zip(qs, own):
-            right_f1_0.append(score(a.text, q.gold_texts)[1])
-            right_f1_t.append(score(a.text if a.score >= threshold else "", q.gold_texts)[1])
+            guess = a.candidates[0].text if a.abstained and a.candidates else a.text
+            right_f1_0.append(score(guess, q.gold_texts)[1])
+            right_f1_t.append(score(a.text, q.gold_texts)[1])
         other = docs[(i + 1) % n].ask_many(texts)
         wrong_abst += [a.abstained for a in other]
     cases = other_paragraph_cases(load_squad(args.dev), args.per_article, rng)
@@ -86,7 +88,8 @@ def main() -> None:
         batch = cases[i:i + 16]
         other_par += [r.abstained for r in reader.predict_many([q for q, _ in batch],
                                                                [[p] for _, p in batch])]
-    res = {"threshold": threshold, "answerable_questions": len(right_f1_0),
+    res = {"threshold": cal.threshold, "refusal_margin": cal.refusal_margin,
+           "answerable_questions": len(right_f1_0),
            "other_paragraph_questions": len(other_par),
            "other_paragraph_abstain_rate": 100 * float(np.mean(other_par)),
            "wrong_document_questions": len(wrong_abst),

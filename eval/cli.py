@@ -79,6 +79,10 @@ def run(args) -> int:
     metrics["ece"] = ece(rows)
     metrics["threshold"] = (cfg.threshold if cfg.threshold is not None
                             else facts["reader_config"]["calibration"]["threshold"])
+    # the calibrated rule may also refuse by the reader's no-answer margin (a threshold given
+    # on the command line replaces the rule)
+    metrics["refusal_margin"] = (None if cfg.threshold is not None
+                                 else facts["reader_config"]["calibration"].get("refusal_margin"))
     metrics["peak_rss_mb"] = facts["peak_rss_mb"]
     metrics["index_seconds"] = facts["index_seconds"]
     if args.latency_sample and not cfg.reader_only:

@@ -104,7 +104,9 @@ def write_report(out: Path, rows: list[dict], metrics: dict, config: dict, worst
              f"Reader `{config.get('reader') or 'default'}`, scope `{config['scope']}`"
              + (", reader only (gold paragraph)" if config.get("reader_only") else
                 f", {config['passages']} passages per question")
-             + f", abstention threshold {metrics.get('threshold', 0):.2f}.", "",
+             + f", abstention threshold {metrics.get('threshold', 0):.2f}"
+             + (f" and refusal margin {metrics['refusal_margin']:.2f} (the reader's calibrated rule)"
+                if metrics.get("refusal_margin") is not None else "") + ".", "",
              "| metric | value |", "|---|---|"]
     for k in keys:
         if k in metrics and metrics[k] is not None:

@@ -28,6 +28,16 @@ Every term is per span, so confidences stay comparable across passages and windo
 relevance is known (the reader used on its own) ``relevance_default`` stands in, the mean over
 held-out answered questions. The reader abstains when the best confidence is below
 ``threshold``, chosen on the same held-out data (see :mod:`qa.training.calibrate`).
+
+**Refusing by the reader's margin** (``refusal_margin``, None in older folders): the answer is
+also refused when its span logit is below its passage's no-answer logit by more than
+``-refusal_margin``, however confident the fitted model is. The confidence is fitted to say
+how often an *answer* is right, and folds the margin in with the logit and the passage's
+similarity; for "the passage is on topic but does not say", the reader's own margin separates
+better (measured in the reader's model card). So the threshold then only guards against
+passages about something else (the lowest confidence meeting the wrong-document goal) and the
+margin refuses the on-topic questions the passages cannot answer. An explicit threshold passed
+by the caller replaces the whole rule by that confidence threshold alone (0 never abstains).
 """
 from __future__ import annotations
 
@@ -54,6 +64,7 @@ class Calibration:
     relevance_model: str = ""  # the embedder whose cosine similarities the topic weights expect
     rank_weight: float = 0.0  # in `right`: 1 / the passage's place in the retriever's ranking
     rank_default: float = 0.0  # stands in for 1 / place when the passages were not retrieved
+    refusal_margin: float | None = None  # refuse when logit - null_logit is below it (None: never)
 
     @property
     def has_topic_model(self) -> bool:
@@ -83,6 +94,16 @@ class Calibration:
         return (self.right(logit, null_logit, relevance, place)
                 * self.on_topic(logit, null_logit, relevance))
 
+    def refuses(self, confidence: float, logit: float, null_logit: float,
+                threshold: float | None = None) -> bool:
+        """Whether to abstain rather than give the span scored ``confidence`` (with these raw
+        logits): below the threshold, or (the calibrated rule only) below the refusal margin.
+        ``threshold``: the caller's own, which replaces the calibrated rule."""
+        if threshold is not None:
+            return confidence < threshold
+        return confidence < self.threshold or (
+            self.refusal_margin is not None and logit - null_logit < self.refusal_margin)
+
     def accepts_relevance_from(self, embedder_name: str | None) -> bool:
         """Whether similarities by this embedder are on the scale the weights were fitted on."""
         return bool(self.topic_relevance_weight or self.relevance_weight) and bool(embedder_name) and (
@@ -94,7 +115,8 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
         fields = cls.__dataclass_fields__
-        return cls(**{k: type(fields[k].default)(v) for k, v in d.items() if k in fields})
+        return cls(**{k: (v if v is None else float(v)) if k == "refusal_margin"
+                      else type(fields[k].default)(v) for k, v in d.items() if k in fields})
 
 
 def _model_key(name: str) -> str:

@@ -125,7 +125,8 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passages", type=count_option("passages", 20), default=DEFAULT_TOP_K,
                    help=f"passages the reader reads, 1-20 (default {DEFAULT_TOP_K})")
     p.add_argument("--threshold", type=threshold_option, default=None,
-                   help="abstain below this confidence, 0-1 (default: the reader's calibrated one)")
+                   help="abstain below this confidence, 0-1; 0 never abstains (default: the reader's "
+                        "calibrated rule, see qa/calibration.py)")
     add_runtime_option(p)
 
 
@@ -142,7 +143,7 @@ def open_qa(args):
 def format_answer(a, color: bool) -> str:
     b, d, r = (BOLD, DIM, RESET) if color else ("", "", "")
     if a.abstained:
-        lines = [f"{b}The document does not say.{r} (no answer reached the confidence threshold)"]
+        lines = [f"{b}The document does not say.{r} (no answer was sure enough)"]
         if a.candidates:
             c = a.candidates[0]
             lines.append(f"{d}Best guess, not trusted: {c.text!r} ({c.score:.2f}){r}")

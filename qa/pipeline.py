@@ -261,7 +261,7 @@ class DocumentQA:
         by = [(self.first_reader or self.reader).model_name] * len(questions)
         if self.first_reader is not None:  # the cascade: unsure questions go to the big reader
             unsure = [i for i, r in enumerate(results)
-                      if (r.spans[0].score if r.spans else 0.0) < self.cascade_cut]
+                      if r.abstained or (r.spans[0].score if r.spans else 0.0) < self.cascade_cut]
             if unsure:
                 again = self._score(self.reader, [questions[i] for i in unsure],
                                     [passages[i] for i in unsure], top_k, threshold)
@@ -276,7 +276,8 @@ class DocumentQA:
                top_k: int, threshold: float | None):
         """One reader's spans through the scoring step, with its own calibration. With staged
         reading (the reader's ``first_passages``/``first_cut``), the passages after the first
-        few are read only for questions whose best confidence is still below the cut; a
+        few are read only for questions whose best confidence is still below the cut (or
+        that would be refused); a
         question read in full gets exactly the spans and scores of one read of all its
         passages (spans are found and scored passage by passage)."""
         reader.warm_up()
@@ -290,7 +291,7 @@ class DocumentQA:
             return results
         cut = max(cfg.first_cut, cal.threshold if threshold is None else threshold)
         more = [i for i, r in enumerate(results) if len(passages[i]) > first
-                and (r.spans[0].score if r.spans else 0.0) < cut]
+                and (r.abstained or (r.spans[0].score if r.spans else 0.0) < cut)]
         if more:
             rest = reader.read_spans([questions[i] for i in more],
                                      [[p.chunk.text for p in passages[i][first:]] for i in more])

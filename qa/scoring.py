@@ -59,13 +59,12 @@ def score_spans(raw: list[list[RawSpan]], calibration: Calibration, threshold: f
                 ranked: bool = False) -> list[ReaderResult]:
     """Each question's spans with calibrated confidences, best first, overlapping spans of a
     passage dropped and spans without a letter or digit left out, at most ``top_k`` kept;
-    abstain when the best confidence is below ``threshold`` (None: the calibration's own).
+    abstain by the calibration's rule (:meth:`Calibration.refuses`: below its threshold or its
+    refusal margin) or, given a ``threshold``, when the best confidence is below it.
     ``relevance[q][p]`` is passage
     ``p``'s similarity to question ``q`` on the scale the calibration was fitted with (None:
     the calibration's default stands in). ``ranked``: the passages are in the retriever's
     order, so passage ``p`` is at place ``p + 1`` (otherwise the default place stands in)."""
-    if threshold is None:
-        threshold = calibration.threshold
     results = []
     for qi, spans in enumerate(raw):
         scored = [ReaderSpan(s.passage, s.text, s.char_start, s.char_end,
@@ -74,13 +73,14 @@ def score_spans(raw: list[list[RawSpan]], calibration: Calibration, threshold: f
                                  None if relevance is None else float(relevance[qi][s.passage]),
                                  s.passage + 1 if ranked else None),
                              s.logit, s.null_logit) for s in spans]
-        if not scored:
-            results.append(ReaderResult([], True, 1.0))
-            continue
         scored.sort(key=lambda s: (-s.score, -s.logit))
         scored = [s for s in scored if has_word(s.text)]  # never "." alone
         scored = drop_overlaps(scored, key=lambda s: (s.passage, s.char_start, s.char_end))
-        best = scored[0].score if scored else 0.0
-        results.append(ReaderResult(spans=scored[:top_k], abstained=best < threshold,
-                                    no_answer_score=1.0 - best))
+        if not scored:
+            results.append(ReaderResult([], True, 1.0))
+            continue
+        best = scored[0]
+        results.append(ReaderResult(
+            spans=scored[:top_k], no_answer_score=1.0 - best.score,
+            abstained=calibration.refuses(best.score, best.logit, best.null_logit, threshold)))
     return results

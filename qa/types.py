@@ -28,7 +28,7 @@ class Answer:
     ``start``/``end`` locate the answer in the document's text and
     ``passage_start``/``passage_end`` in ``passage_text``; ends are exclusive. When spanqa
     abstains, ``text`` is empty, ``abstained`` is true and ``candidates`` still lists what the
-    reader found (below the threshold), best first, so a person can see what it considered.
+    reader found (not trusted), best first, so a person can see what it considered.
     """
 
     question: str

@@ -5,6 +5,7 @@ import math
 import shutil
 
 import numpy as np
+import pytest
 
 from index.embedder import DEFAULT_EMBEDDER
 from qa import DocumentQA
@@ -257,7 +258,7 @@ def test_cross_fitted_figures_never_judge_an_article_by_its_own_fit():
     # article C's unanswerable questions look like right answers: a fit that saw them would
     # learn a higher threshold, one that did not refuses fewer of them
     rows = _rows_of("A", rng) + _rows_of("B", rng) + _rows_of("C", rng, shift=5.0)
-    args = Namespace(wrong_doc_target=0.95, max_f1_cost=2.0)
+    args = Namespace(wrong_doc_target=0.95, max_f1_cost=2.0, refuse_by="confidence")
     seen = []
 
     def fit(rs):
@@ -353,3 +354,92 @@ def test_recalibrating_for_a_new_embedder_keeps_the_old_calibration_for_old_stor
     again.set_calibration(Calibration(span_weight=0.4, topic_relevance_weight=7.0,
                                       relevance_model="spanqa-retriever-2"))  # refit: no copy
     assert list(again.other_calibrations) == ["spanqa-retriever"]
+
+
+def test_the_refusal_margin_refuses_what_the_reader_rates_below_no_answer():
+    """The calibrated rule refuses a confident span whose logit is far below its passage's
+    no-answer logit; a caller's threshold replaces the whole rule (0 never abstains); older
+    folders, without a margin, refuse by confidence alone; the margin survives JSON."""
+    from qa.scoring import RawSpan, score_spans
+
+    cal = Calibration(span_weight=0.5, bias=-2.0, threshold=0.2, refusal_margin=-1.0)
+    conf = cal.confidence(8.0, 10.0)
+    assert conf > 0.8  # the fitted confidence alone would answer
+    assert cal.refuses(conf, 8.0, 10.0)  # margin -2 < -1
+    assert not cal.refuses(cal.confidence(8.0, 8.5), 8.0, 8.5)  # margin -0.5
+    assert not cal.refuses(conf, 8.0, 10.0, threshold=0.5)  # the caller's threshold alone
+    assert cal.refuses(0.1, 9.0, 0.0)  # below the threshold, whatever the margin
+    old = Calibration.from_dict({"span_weight": 0.5, "bias": -2.0, "threshold": 0.2})
+    assert old.refusal_margin is None and not old.refuses(conf, 8.0, 10.0)
+    for c in (cal, old):
+        assert Calibration.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+    def spans(logit, null):
+        return [[RawSpan(0, "Paris", 0, 5, logit, null), RawSpan(0, "...", 6, 9, logit + 1, null)]]
+
+    (refused,) = score_spans(spans(8.0, 10.0), cal, None, 3)
+    assert refused.abstained and refused.spans[0].text == "Paris"  # the guess is kept
+    assert refused.no_answer_score == pytest.approx(1 - conf)
+    (answered,) = score_spans(spans(8.0, 10.0), cal, 0.0, 3)
+    assert not answered.abstained
+    # a passage with nothing but punctuation to offer is refused even at threshold 0
+    (empty,) = score_spans([[RawSpan(0, "...", 6, 9, 9.0, 0.0)]], cal, 0.0, 3)
+    assert empty.abstained and not empty.spans
+
+
+def test_the_margin_takes_what_the_budget_leaves():
+    from qa.training.calibrate import choose_margin
+
+    # answerable F1 falls by 1 point per unit of margin above -4; the threshold cost 0.5
+    def at(m):
+        if m is None:
+            return {"answerable": {"f1": 80.0}}
+        return {"answerable": {"f1": 79.5 - max(0.0, m + 4)}}
+
+    grid = [x / 2 for x in range(-16, 17)]
+    assert choose_margin(at, grid, 2.0) == -2.5
+    assert choose_margin(at, grid, 0.5) == -4.0
+    assert choose_margin(at, grid, 0.4) is None  # the threshold alone spent it
+
+
+def test_calibrate_reader_can_spend_the_budget_on_the_margin(tiny_reader_dir, tmp_path):
+    """On-topic unanswerable questions that differ from answerable ones only in the reader's
+    margin: ``--refuse-by margin`` leaves the threshold at the wrong-document floor, fits a
+    refusal margin within the F1 budget, refuses more of them than the confidence threshold
+    does at the same budget, and writes a rule the reader then applies."""
+    rng = np.random.default_rng(11)
+
+    def row(kind, title, margin, rel):
+        logit = rng.normal(6, 1)
+        right = kind == "answerable" and rng.random() < 0.7
+        return {"kind": kind, "title": title, "spans": [{
+            "logit": logit, "null": logit - margin, "relevance": rel,
+            "em": float(right), "f1": float(right)}]}
+
+    rows = [row(k, t, rng.normal(m, 1.5), rng.normal(r, 0.1)) for t in ("A", "B") for _ in range(300)
+            for k, m, r in (("answerable", 4, 0.6), ("unanswerable", 0, 0.6), ("wrong_document", 3, 0.2))]
+    saved = tmp_path / "rows.jsonl"
+    saved.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reports = {}
+    for rule in ("confidence", "margin"):
+        reader = tmp_path / rule
+        shutil.copytree(tiny_reader_dir, reader)
+        report = tmp_path / f"{rule}.json"
+        assert calibrate_main(["--reader", str(reader), "--from-rows", str(saved), "--refuse-by", rule,
+                               "--report", str(report), "--wrong-doc-target", "0.97"]) == 0
+        reports[rule] = json.loads(report.read_text())
+        assert reports[rule]["refuse_by"] == rule and reports[rule]["f1_cost"] <= 2.0
+        assert reports[rule]["at_threshold"]["wrong_document"]["abstain_rate"] >= 0.97
+        assert reports[rule]["cross_fitted"]["articles"] == 2
+    conf, marg = reports["confidence"], reports["margin"]
+    assert conf["calibration"]["refusal_margin"] is None
+    m = marg["calibration"]["refusal_margin"]
+    assert m is not None and marg["calibration"]["threshold"] <= conf["calibration"]["threshold"]
+    assert (marg["at_threshold"]["unanswerable"]["abstain_rate"]
+            > conf["at_threshold"]["unanswerable"]["abstain_rate"] + 0.1)
+    assert "refusal_margin" in marg["curve"][0]
+    from qa.reader import ReaderConfig
+
+    cal = ReaderConfig.load(str(tmp_path / "margin")).calibration
+    assert cal.refusal_margin == m
+    assert cal.refuses(0.99, 5.0, 5.0 - m + 0.5) and not cal.refuses(0.99, 5.0, 5.0 - m - 0.5)

@@ -39,6 +39,20 @@ def test_sure_answers_stay_with_the_first_reader_the_rest_go_on(cascade_with_cut
     assert {x.reader for x in mixed} == {str(then)}
 
 
+def test_what_the_first_reader_would_refuse_goes_on(cascade_with_cut):
+    """However sure its confidence, an answer the first reader's calibrated rule refuses (here
+    by its refusal margin) is read again by the second reader."""
+    from qa.reader import READER_CONFIG_FILE
+
+    qa, first, then = cascade_with_cut(0.0)  # every confidence is sure enough
+    cfg = json.loads((first / READER_CONFIG_FILE).read_text()) if (first / READER_CONFIG_FILE).exists() else {}
+    cfg["calibration"] = {**cfg.get("calibration", {}), "threshold": 0.0, "refusal_margin": 1e6}
+    (first / READER_CONFIG_FILE).write_text(json.dumps(cfg))
+    qa, first, then = cascade_with_cut(0.0)
+    assert qa.ask("Who opened the bridge?").reader == str(then)
+    assert qa.ask("Who opened the bridge?", threshold=0.0).reader == str(first)
+
+
 def test_a_broken_cascade_file_is_a_clear_error(tmp_path, monkeypatch):
     bad = tmp_path / "cascade.json"
     bad.write_text("{}")

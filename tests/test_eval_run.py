@@ -43,6 +43,7 @@ def test_eval_writes_every_file(data, tmp_path, tiny_reader_dir, extra, capsys):
             assert "gold_rank" in r and "retrieved" in r
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 4 and m["threshold"] == 0.3 and "peak_rss_mb" in m
+    assert m["refusal_margin"] is None  # a threshold given replaces the calibrated rule
     report = (out / "report.md").read_text()
     for png in ("threshold.png", "latency.png"):
         assert (out / png).stat().st_size > 1000 and f"({png})" in report

@@ -96,6 +96,25 @@ def test_staged_reading_reads_the_rest_only_below_the_cut(tiny_reader_dir, embed
         assert len(a.passages) == 4  # the passages retrieved are all still shown
 
 
+def test_staged_reading_reads_on_before_refusing(tiny_reader_dir, embedder, monkeypatch):
+    """A question the calibrated rule would refuse (here by its refusal margin, every
+    confidence past the cut) reads the rest of its passages first; with the caller's own
+    threshold, the rule and so the extra read are off."""
+    qs = ["Where is the Eiffel Tower?", "What is the summit called?"]
+    qa = _staged_qa(tiny_reader_dir, 1, 0.0)
+    qa.reader.warm_up()
+    cal = qa.reader.config.calibration_for(qa.store.embedder.name)
+    cal.threshold, cal.refusal_margin = 0.0, 1e6  # no span beats no-answer by a million
+    seen = []
+    real = qa.reader.read_spans
+    monkeypatch.setattr(qa.reader, "read_spans", lambda q, ps: seen.append([len(p) for p in ps]) or real(q, ps))
+    refused = qa.ask_many(qs, top_k=5)
+    assert seen == [[1, 1], [3, 3]] and all(a.abstained and a.candidates for a in refused)
+    seen.clear()
+    answered = qa.ask_many(qs, top_k=5, threshold=0.0)
+    assert seen == [[1, 1]] and not any(a.abstained for a in answered)
+
+
 def test_staged_reading_settings_are_checked(tiny_reader_dir):
     from qa.errors import OptionError
     from qa.reader import ExtractiveReader

@@ -142,6 +142,21 @@ def test_empty_question_is_an_error_not_a_crash(client):
         client.predict("   ", 3, 0.5, api_name="/ask")
 
 
+def test_the_threshold_slider_left_alone_means_the_readers_calibrated_rule():
+    """The slider starts at the calibrated threshold; there it stands for the whole calibrated
+    rule (None), which may also refuse by the reader's margin; moved, it is a plain threshold."""
+    from types import SimpleNamespace
+
+    from qa.calibration import Calibration
+    from ui.app import Handlers
+
+    cal = Calibration(threshold=0.3549, refusal_margin=-3.0)
+    h = Handlers(SimpleNamespace(reader=SimpleNamespace(config=SimpleNamespace(calibration=cal))), [])
+    assert h.default_threshold == 0.355
+    assert h.threshold(0.355) is None and h.threshold("0.355") is None
+    assert h.threshold(0.36) == 0.36 and h.threshold(0) == 0.0
+
+
 def test_rendering_escapes_document_markup():
     a = Answer(question="q", text="<b>x</b>", score=0.9, abstained=False, no_answer_score=0.1,
                doc_id="d", title="<script>alert(1)</script>", passage_text="before <b>x</b> after",

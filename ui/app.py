@@ -9,7 +9,8 @@ with a concurrency limit. Every handler turns errors into a message in the chat 
 ``gr.Error`` for API callers; nothing a visitor sends can stop the server.
 
 Named API endpoints (``gradio_client``): ``/ask`` (question, passages, threshold → answer as
-JSON) and ``/upload`` (file → status); both act on the caller's session.
+JSON; a threshold at the slider's starting value means the reader's calibrated rule) and
+``/upload`` (file → status); both act on the caller's session.
 """
 from __future__ import annotations
 
@@ -81,6 +82,14 @@ class Handlers:
                  batcher: AskBatcher | None = None):
         self.base, self.examples, self.feedback_log = base, examples, feedback_log
         self.batcher = batcher
+        self.default_threshold = slider_start(base)
+
+    def threshold(self, value) -> float | None:
+        """The threshold slider's value as ``ask`` takes it: at its starting value, None (the
+        reader's whole calibrated rule, which may also refuse by the reader's no-answer margin:
+        see :mod:`qa.calibration`); moved, a plain confidence threshold."""
+        value = float(value)
+        return None if abs(value - self.default_threshold) < 1e-9 else value
 
     def session(self, chat: ChatSession | None) -> ChatSession:
         return chat if chat is not None else ChatSession(self.base, self.feedback_log)
@@ -95,12 +104,12 @@ class Handlers:
 
     def answer(self, chat, passages, threshold):
         chat = self.session(chat)
-        chat.answer_pending(int(passages), float(threshold))
+        chat.answer_pending(int(passages), self.threshold(threshold))
         return list(chat.messages)
 
     def retry(self, chat, passages, threshold):
         chat = self.session(chat)
-        chat.retry(int(passages), float(threshold))
+        chat.retry(int(passages), self.threshold(threshold))
         return list(chat.messages)
 
     def undo(self, chat):
@@ -167,7 +176,7 @@ class Handlers:
         ask = self.batcher.ask if self.batcher else (lambda qa, *a, **kw: qa.ask(*a, **kw))
         try:
             return ask(qa, question or "", passages=int(passages),
-                       threshold=float(threshold)).to_dict()
+                       threshold=self.threshold(threshold)).to_dict()
         except SpanQAError as exc:
             raise gr.Error(str(exc)) from None
         except Exception:
@@ -239,10 +248,15 @@ def create_app(base: DocumentQA, examples: list[str] | None = None,
     return demo
 
 
+def slider_start(base: DocumentQA) -> float:
+    """Where the threshold slider starts: the reader's calibrated threshold, as the slider
+    shows it."""
+    cfg = base.reader.config
+    return round(float(cfg.calibration.threshold) if cfg else 0.5, 3)
+
+
 def _layout(base: DocumentQA, examples: list[str], feedback_log) -> dict:
     """The page's components, by name."""
-    cfg = base.reader.config
-    threshold = float(cfg.calibration.threshold) if cfg else 0.5
     gr.HTML(f"<style>{CSS}</style>", visible=True, elem_id="spanqa-style", padding=False)
     ui = {"chat": gr.State(None)}
     gr.Markdown("## spanqa · answers copied from your document")
@@ -270,10 +284,12 @@ def _layout(base: DocumentQA, examples: list[str], feedback_log) -> dict:
                                    label="Passages to read", elem_id="passages",
                                    info="More passages find more answers and take longer.")
         ui["threshold"] = gr.Slider(
-            0.0, 1.0, value=round(threshold, 3), step=0.01, elem_id="threshold",
+            0.0, 1.0, value=slider_start(base), step=0.01, elem_id="threshold",
             label="Say “the document doesn't say” below this confidence",
             info="In the same units as the answers' confidence: 0.20 means an answer shown at "
-                 "under 20% becomes “the document doesn't say” (with the best guess shown as a guess).")
+                 "under 20% becomes “the document doesn't say” (with the best guess shown as a guess). "
+                 "Left where it starts, the reader's calibrated rule decides, which also refuses "
+                 "answers the reader itself rates below “no answer”.")
     with gr.Accordion("Use your own document", open=False, elem_id="upload-panel"):
         ui["file"] = gr.File(label=f"Upload {' '.join(SUPPORTED_SUFFIXES)} (max {MAX_UPLOAD_MB} MB)",
                              file_types=list(SUPPORTED_SUFFIXES), type="filepath", elem_id="upload")

@@ -124,7 +124,7 @@ def answer_messages(a: Answer) -> list[dict]:
         parts = ["**The document doesn't say.** I found no answer I'm confident in."]
         if a.candidates:
             c = a.candidates[0]
-            parts.append(f"<small>Best guess, below the threshold: “{safe_text(c.text, False)}” "
+            parts.append(f"<small>Best guess, not trusted: “{safe_text(c.text, False)}” "
                          f"({c.score:.0%}).</small>")
         msgs = [{"role": "assistant", "content": note + "\n\n".join(parts)}]
         if a.passages:

@@ -18,7 +18,9 @@ leaves it out). The threshold starts at the lowest one at which at least
 ``--wrong-doc-target`` (default 95%) of the wrong-document questions are abstained on, and is
 then raised while answerable F1 costs at most ``--max-f1-cost`` (default 2 points, the
 budget issue 15 sets), refusing as many on-topic unanswerable questions as that budget
-allows (:func:`choose_threshold`).
+allows (:func:`choose_threshold`). ``--refuse-by margin`` spends the budget on the reader's own
+no-answer margin instead: the threshold stays at the wrong-document floor and
+``refusal_margin`` is raised (:func:`choose_margin`; see :mod:`qa.calibration`).
 All of it is written into the model folder's ``spanqa_reader.json``, with the figures, so
 the folder stays self-describing. The figures there are in-sample (fitted and measured on the
 same rows); ``cross_fitted`` gives them with every article judged by a calibration and
@@ -270,6 +272,21 @@ def choose_threshold(at, grid: list[float], wrong_doc_target: float, max_f1_cost
     return chosen
 
 
+def choose_margin(at, grid: list[float], max_f1_cost: float) -> float | None:
+    """The refusal margin: the highest on ``grid`` (ascending) at which answerable F1 stays
+    within ``max_f1_cost`` points of never abstaining, the threshold already in place (the
+    wrong-document floor of :func:`choose_threshold`). ``at(m)`` gives the figures of
+    :func:`main` with margin ``m``, ``at(None)`` without one and no threshold. None when
+    even the lowest margin costs too much (the threshold alone spent the budget)."""
+    base_f1 = at(None)["answerable"]["f1"]
+    chosen = None
+    for m in grid:
+        if base_f1 - at(m)["answerable"]["f1"] > max_f1_cost:
+            break
+        chosen = m
+    return chosen
+
+
 def read_cases(cases: list[CalibrationCase], reader) -> list[dict]:
     """What the reader finds for each case: its top spans with raw logits, the passage's
     relevance, and EM/F1 against the golds."""
@@ -322,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["wrong_document", "unanswerable"],
                     help="kinds of case the on-topic model learns to score low (add "
                          "unanswerable: it learns 'the passages do not say' too)")
+    ap.add_argument("--refuse-by", choices=["confidence", "margin"], default="confidence",
+                    help="what the F1 budget is spent on: a higher confidence threshold, or "
+                         "(margin) a refusal margin on the reader's own no-answer score, the "
+                         "threshold left at the wrong-document floor (see qa.calibration)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--save-rows", help="write what the reader found per case (jsonl), to refit "
                                         "later with --from-rows without reading again")
@@ -333,14 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
 KINDS = ("answerable", "unanswerable", "wrong_document")
 
 
-def figures_at(by_kind: dict[str, list[dict]], t: float) -> dict:
-    """Per kind of case, abstention (and for answerable ones EM and F1) at threshold ``t``,
-    from each row's chosen span (``conf``, ``em``, ``f1``)."""
+def figures_at(by_kind: dict[str, list[dict]], t: float, margin: float | None = None) -> dict:
+    """Per kind of case, abstention (and for answerable ones EM and F1) at threshold ``t``
+    and, given one, refusal margin ``margin``, from each row's chosen span (``conf``,
+    ``margin``, ``em``, ``f1``; see :func:`score_rows`)."""
     kinds = {}
     for k, rs in by_kind.items():
         if not rs:
             continue
-        conf = [r["conf"] for r in rs]
+        # a row the margin refuses is scored as if below any threshold
+        conf = [-1.0 if margin is not None and r["margin"] < margin else r["conf"] for r in rs]
         f1, abstain = threshold_outcome(conf, [r["f1"] for r in rs], [0.0] * len(rs), t)
         kinds[k] = {"n": len(rs), "abstain_rate": abstain}
         if k == "answerable":
@@ -378,16 +401,19 @@ def read_rows(args, ap) -> tuple[list[dict], float | None, dict | None]:
 
 def score_rows(rows: list[dict], cal: Calibration) -> None:
     """Give every span of every row its confidence under ``cal``, and each row the span users
-    would get (the most confident): its ``conf``, ``em`` and ``f1``."""
+    would get (the most confident): its ``conf``, ``margin`` (logit less no-answer logit),
+    ``em`` and ``f1``."""
     for r in rows:
         for s in r["spans"]:
             s["conf"] = cal.confidence(s["logit"], s["null"], s["relevance"], s.get("place"))
         best = max(r["spans"], key=lambda s: s["conf"], default=None)
         r.update(conf=best["conf"] if best else 0.0, em=best["em"] if best else 0.0,
-                 f1=best["f1"] if best else 0.0)
+                 f1=best["f1"] if best else 0.0,
+                 margin=best["logit"] - best["null"] if best else -1e9)
 
 
 THRESHOLD_GRID = [round(x, 3) for x in np.arange(0.0, 1.0, 0.005)]
+MARGIN_GRID = [round(x, 2) for x in np.arange(-12.0, 12.0, 0.05)]
 
 
 def rows_by_kind(rows: list[dict]) -> dict[str, list[dict]]:
@@ -395,11 +421,18 @@ def rows_by_kind(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def set_threshold(rows: list[dict], cal: Calibration, args) -> dict[str, list[dict]]:
-    """Score ``rows`` with ``cal``, choose its threshold on them (set on ``cal``); the rows by kind."""
+    """Score ``rows`` with ``cal``, choose its threshold (and with ``--refuse-by margin`` its
+    refusal margin) on them, set on ``cal``; the rows by kind."""
     score_rows(rows, cal)
     kinds = rows_by_kind(rows)
+    by_margin = args.refuse_by == "margin"
     cal.threshold = choose_threshold(lambda t: figures_at(kinds, t), THRESHOLD_GRID,
-                                     args.wrong_doc_target, args.max_f1_cost)
+                                     args.wrong_doc_target, 0.0 if by_margin else args.max_f1_cost)
+    cal.refusal_margin = None
+    if by_margin:
+        cal.refusal_margin = choose_margin(
+            lambda m: figures_at(kinds, cal.threshold, m) if m is not None else figures_at(kinds, 0.0),
+            MARGIN_GRID, args.max_f1_cost)
     return kinds
 
 
@@ -408,8 +441,13 @@ def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
     held-out figures: ECE, abstention per kind, F1 cost, the curve."""
     kinds = set_threshold(rows, cal, args)
     ans = kinds["answerable"]
-    never, final = figures_at(kinds, 0.0), figures_at(kinds, cal.threshold)
-    return {"cases": len(rows), "case_kind": args.cases,
+    never, final = figures_at(kinds, 0.0), figures_at(kinds, cal.threshold, cal.refusal_margin)
+    if cal.refusal_margin is None:
+        curve = [(("threshold", t), figures_at(kinds, t)) for t in THRESHOLD_GRID[::4]]
+    else:  # the threshold stays; the curve moves the margin
+        curve = [(("refusal_margin", m), figures_at(kinds, cal.threshold, m))
+                 for m in MARGIN_GRID[::10]]
+    return {"refuse_by": args.refuse_by, "cases": len(rows), "case_kind": args.cases,
             "passages": args.passages if args.cases == "retrieved" else 3,
             "ece_answerable": expected_calibration_error([r["conf"] for r in ans],
                                                          [r["em"] == 1.0 for r in ans]),
@@ -418,9 +456,8 @@ def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
             "relevance": not args.no_relevance, "calibration": cal.to_dict(),
             "never_abstain": never, "at_threshold": final,
             "f1_cost": never["answerable"]["f1"] - final["answerable"]["f1"],
-            "curve": [{"threshold": t, **{k: v["abstain_rate"] for k, v in a.items()},
-                       "answerable_f1": a["answerable"]["f1"]}
-                      for t, a in ((t, figures_at(kinds, t)) for t in THRESHOLD_GRID[::4])]}
+            "curve": [{key: x, **{k: v["abstain_rate"] for k, v in a.items()},
+                       "answerable_f1": a["answerable"]["f1"]} for (key, x), a in curve]}
 
 
 def cross_fitted_figures(rows: list[dict], fit, args) -> dict | None:
@@ -441,7 +478,7 @@ def cross_fitted_figures(rows: list[dict], fit, args) -> dict | None:
         test = [r for r in rows if r["title"] == title]
         score_rows(test, cal)
         kinds = rows_by_kind(test)
-        at, never = figures_at(kinds, cal.threshold), figures_at(kinds, 0.0)
+        at, never = figures_at(kinds, cal.threshold, cal.refusal_margin), figures_at(kinds, 0.0)
         if "answerable" in at:
             at["answerable"]["f1_never_abstain"] = never["answerable"]["f1"]
             conf += [r["conf"] for r in kinds["answerable"]]
@@ -473,7 +510,8 @@ def save_calibration(args, cal: Calibration, report: dict, chosen_lp, lp_table) 
         report["length_penalty_table"] = earlier
     cfg.notes["calibration_report"] = {k: report[k] for k in
                                        ("data", "titles", "cases", "case_kind", "passages",
-                                        "embedder", "topic_negatives", "ece_answerable",
+                                        "embedder", "topic_negatives", "refuse_by",
+                                        "ece_answerable",
                                         "ece_all", "relevance",
                                         "never_abstain", "at_threshold", "f1_cost",
                                         "cross_fitted", "length_penalty_table") if k in report}
@@ -517,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
               "titles": args.titles, **{k: figures.pop(k) for k in ("cases", "case_kind", "passages")},
               "embedder": embedder, "topic_negatives": list(args.topic_negatives), **figures}
     save_calibration(args, cal, report, chosen_lp, lp_table)
-    print(json.dumps({k: report[k] for k in ("cases", "ece_answerable", "ece_all", "calibration",
+    print(json.dumps({k: report[k] for k in ("cases", "refuse_by", "ece_answerable", "ece_all", "calibration",
                                              "never_abstain", "at_threshold", "f1_cost",
                                              "cross_fitted") if k in report}, indent=2))
     return 0
