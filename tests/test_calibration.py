@@ -443,3 +443,38 @@ def test_calibrate_reader_can_spend_the_budget_on_the_margin(tiny_reader_dir, tm
     cal = ReaderConfig.load(str(tmp_path / "margin")).calibration
     assert cal.refusal_margin == m
     assert cal.refuses(0.99, 5.0, 5.0 - m + 0.5) and not cal.refuses(0.99, 5.0, 5.0 - m - 0.5)
+
+
+def test_refusal_curve_compares_the_two_rules_on_saved_rows(tmp_path, capsys):
+    """eval.refusal_curve: on rows where only the reader's margin tells unanswerable questions
+    from answerable ones, the margin rule refuses more of them within the budget than the
+    confidence threshold; a bad spec is a one-line error."""
+    from eval.refusal_curve import main as refusal_curve
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for kind, margin, rel in (("answerable", 4, 0.6), ("unanswerable", 0, 0.6), ("wrong_document", 3, 0.2)):
+        for _ in range(300):
+            logit, m = rng.normal(6, 1), rng.normal(margin, 1.5)
+            right = kind == "answerable" and rng.random() < 0.7
+            rows.append({"kind": kind, "title": "t", "spans": [{
+                "logit": logit, "null": logit - m, "relevance": rng.normal(rel, 0.1), "place": 1,
+                "em": float(right), "f1": float(right)}]})
+    saved = tmp_path / "rows.jsonl"
+    saved.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from qa.training.calibrate import fit_calibration
+
+    folder = tmp_path / "reader"
+    folder.mkdir()
+    cal = fit_calibration(rows, True, "e")
+    (folder / READER_CONFIG_FILE).write_text(json.dumps({"calibration": cal.to_dict()}))
+    png = tmp_path / "curve.png"
+    assert refusal_curve([f"{saved}:{folder}:tiny", "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    by = {line.split()[2]: [float(x) for x in line.split()[3:] if x != "/"]
+          for line in out.splitlines() if line.startswith("  tiny")}
+    assert by["margin"][1] > by["confidence"][1] + 10  # within 2 F1
+    assert all(a <= b for a, b in zip(by["margin"], by["margin"][1:]))  # more budget, more refused
+    assert png.stat().st_size > 0
+    assert refusal_curve([f"{saved}"]) == 2
+    assert "ROWS:READER" in capsys.readouterr().err
