@@ -33,8 +33,9 @@ held-out answered questions. The reader abstains when the best confidence is bel
 also refused when its span logit is below its passage's no-answer logit by more than
 ``-refusal_margin``, however confident the fitted model is. The confidence is fitted to say
 how often an *answer* is right, and folds the margin in with the logit and the passage's
-similarity; for "the passage is on topic but does not say", the reader's own margin separates
-better (measured in the reader's model card). So the threshold then only guards against
+similarity; for "the passage is on topic but does not say", the reader's own margin can
+separate better (by how much depends on the weights: the reader's model card measures it, and
+the shipped readers do not use it). With it, the threshold only guards against
 passages about something else (the lowest confidence meeting the wrong-document goal) and the
 margin refuses the on-topic questions the passages cannot answer. An explicit threshold passed
 by the caller replaces the whole rule by that confidence threshold alone (0 never abstains).
