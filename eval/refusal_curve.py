@@ -101,10 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for spec in args.specs:
             rows_path, reader, label = parse_spec(spec)
-            rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
-            cfg = json.loads((reader / "spanqa_reader.json").read_text())
-            results[label] = curves(rows, Calibration.from_dict(cfg["calibration"]),
-                                    args.wrong_doc_target)
+            try:
+                rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+                cfg = json.loads((reader / "spanqa_reader.json").read_text())
+                results[label] = curves(rows, Calibration.from_dict(cfg["calibration"]),
+                                        args.wrong_doc_target)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise OptionError(f"{spec}: not calibrate-reader rows and a reader's calibration "
+                                  f"({type(exc).__name__}: {exc}).") from None
     except SpanQAError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

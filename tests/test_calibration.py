@@ -478,3 +478,6 @@ def test_refusal_curve_compares_the_two_rules_on_saved_rows(tmp_path, capsys):
     assert png.stat().st_size > 0
     assert refusal_curve([f"{saved}"]) == 2
     assert "ROWS:READER" in capsys.readouterr().err
+    saved.write_text('{"kind": "answerable"}\n')  # rows without spans: an error, not a traceback
+    assert refusal_curve([f"{saved}:{folder}"]) == 2
+    assert "not calibrate-reader rows" in capsys.readouterr().err
