@@ -77,8 +77,7 @@ def main() -> None:
         texts = [q.question for q in qs]
         own = docs[i].ask_many(texts)
         for q, a in zip(qs, own):
-            guess = a.candidates[0].text if a.abstained and a.candidates else a.text
-            right_f1_0.append(score(guess, q.gold_texts)[1])
+            right_f1_0.append(score(a.best_guess().text, q.gold_texts)[1])
             right_f1_t.append(score(a.text, q.gold_texts)[1])
         other = docs[(i + 1) % n].ask_many(texts)
         wrong_abst += [a.abstained for a in other]

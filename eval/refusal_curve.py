@@ -25,7 +25,7 @@ from pathlib import Path
 
 from qa.calibration import Calibration
 from qa.errors import OptionError, SpanQAError
-from qa.training.calibrate import MARGIN_GRID, THRESHOLD_GRID, figures_at, rows_by_kind, score_rows
+from qa.training.calibrate import MARGIN_GRID, THRESHOLD_GRID, choose_threshold, figures_at, rows_by_kind, score_rows
 
 BUDGETS = (1.0, 2.0, 3.0, 5.0)
 
@@ -42,8 +42,8 @@ def curves(rows: list[dict], cal: Calibration, wrong_doc_target: float) -> dict[
                 100 * f["wrong_document"]["abstain_rate"])
 
     by_conf = [point(figures_at(kinds, t)) for t in THRESHOLD_GRID]
-    floor = next((t for t, p in zip(THRESHOLD_GRID, by_conf) if p[2] >= 100 * wrong_doc_target),
-                 THRESHOLD_GRID[-1])
+    # the margin rule's threshold: the wrong-document floor, as calibrate-reader chooses it
+    floor = choose_threshold(lambda t: figures_at(kinds, t), THRESHOLD_GRID, wrong_doc_target, 0.0)
     by_margin = [point(figures_at(kinds, floor, m)) for m in MARGIN_GRID]
     return {"confidence": by_conf, "margin": by_margin}
 
@@ -55,16 +55,24 @@ def refused_within(points: list[tuple], budget: float, wrong_doc_target: float) 
     return max(ok, default=0.0)
 
 
-def parse_spec(spec: str) -> tuple[Path, Path, str]:
+def load_spec(spec: str, wrong_doc_target: float) -> tuple[str, dict[str, list[tuple]]]:
+    """``ROWS:READER[:LABEL]`` read: its label and :func:`curves`; ``OptionError`` on a bad spec."""
     parts = spec.split(":")
     if len(parts) not in (2, 3):
         raise OptionError(f"expected ROWS:READER[:LABEL], not {spec!r}.")
-    rows, reader = Path(parts[0]), Path(parts[1])
-    if not rows.is_file():
-        raise OptionError(f"no rows file {rows}.")
+    rows_path, reader = Path(parts[0]), Path(parts[1])
+    if not rows_path.is_file():
+        raise OptionError(f"no rows file {rows_path}.")
     if not (reader / "spanqa_reader.json").is_file():
         raise OptionError(f"{reader} is not a reader folder with a calibration.")
-    return rows, reader, parts[2] if len(parts) == 3 else reader.name
+    try:
+        rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+        cfg = json.loads((reader / "spanqa_reader.json").read_text())
+        found = curves(rows, Calibration.from_dict(cfg["calibration"]), wrong_doc_target)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OptionError(f"{spec}: not calibrate-reader rows and a reader's calibration "
+                          f"({type(exc).__name__}: {exc}).") from None
+    return (parts[2] if len(parts) == 3 else reader.name), found
 
 
 def plot(results: dict[str, dict[str, list[tuple]]], out: Path, max_cost: float) -> None:
@@ -98,17 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write the plot here (png)")
     args = ap.parse_args(argv)
     try:
-        results = {}
-        for spec in args.specs:
-            rows_path, reader, label = parse_spec(spec)
-            try:
-                rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
-                cfg = json.loads((reader / "spanqa_reader.json").read_text())
-                results[label] = curves(rows, Calibration.from_dict(cfg["calibration"]),
-                                        args.wrong_doc_target)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise OptionError(f"{spec}: not calibrate-reader rows and a reader's calibration "
-                                  f"({type(exc).__name__}: {exc}).") from None
+        results = dict(load_spec(spec, args.wrong_doc_target) for spec in args.specs)
     except SpanQAError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

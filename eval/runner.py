@@ -70,7 +70,7 @@ def gold_rank(passages, golds_in_doc) -> int | None:
 
 def _record(q: SquadQuestion, answer, latency_ms: float, golds_in_doc=None,
             ranking=None) -> EvalRow:
-    best = answer.candidates[0] if answer.abstained and answer.candidates else answer
+    best = answer.best_guess()
     pred = "" if answer.abstained else answer.text
     em, f1 = score(pred, q.gold_texts)
     row: EvalRow = {"id": q.id, "title": q.title, "question": q.question, "golds": q.gold_texts,

@@ -116,8 +116,15 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
         fields = cls.__dataclass_fields__
-        return cls(**{k: (v if v is None else float(v)) if k == "refusal_margin"
-                      else type(fields[k].default)(v) for k, v in d.items() if k in fields})
+        return cls(**{k: _cast(fields[k].default, v) for k, v in d.items() if k in fields})
+
+
+def _cast(default, value):
+    """A JSON value as the type of the field's default; a field whose default is None is an
+    optional number."""
+    if default is None:
+        return None if value is None else float(value)
+    return type(default)(value)
 
 
 def _model_key(name: str) -> str:

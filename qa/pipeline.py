@@ -261,7 +261,7 @@ class DocumentQA:
         by = [(self.first_reader or self.reader).model_name] * len(questions)
         if self.first_reader is not None:  # the cascade: unsure questions go to the big reader
             unsure = [i for i, r in enumerate(results)
-                      if r.abstained or (r.spans[0].score if r.spans else 0.0) < self.cascade_cut]
+                      if r.abstained or r.spans[0].score < self.cascade_cut]
             if unsure:
                 again = self._score(self.reader, [questions[i] for i in unsure],
                                     [passages[i] for i in unsure], top_k, threshold)
@@ -291,7 +291,7 @@ class DocumentQA:
             return results
         cut = max(cfg.first_cut, cal.threshold if threshold is None else threshold)
         more = [i for i, r in enumerate(results) if len(passages[i]) > first
-                and (r.abstained or (r.spans[0].score if r.spans else 0.0) < cut)]
+                and (r.abstained or r.spans[0].score < cut)]
         if more:
             rest = reader.read_spans([questions[i] for i in more],
                                      [[p.chunk.text for p in passages[i][first:]] for i in more])

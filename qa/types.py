@@ -52,6 +52,11 @@ class Answer:
     read_as: str | None = None  # in a conversation: the self-contained question answered
     reader: str | None = None  # the reader that answered (with --reader cascade, either one)
 
+    def best_guess(self) -> "Answer":
+        """The answer, or when spanqa abstained the best candidate it did not trust (itself,
+        with empty text, when there was none): what it would have said had it never refused."""
+        return self.candidates[0] if self.abstained and self.candidates else self
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["candidates"] = [c.to_dict() for c in self.candidates]

@@ -430,8 +430,9 @@ def set_threshold(rows: list[dict], cal: Calibration, args) -> dict[str, list[di
                                      args.wrong_doc_target, 0.0 if by_margin else args.max_f1_cost)
     cal.refusal_margin = None
     if by_margin:
+        # at(None): no threshold and no margin, i.e. never abstaining
         cal.refusal_margin = choose_margin(
-            lambda m: figures_at(kinds, cal.threshold, m) if m is not None else figures_at(kinds, 0.0),
+            lambda m: figures_at(kinds, 0.0 if m is None else cal.threshold, m),
             MARGIN_GRID, args.max_f1_cost)
     return kinds
 
@@ -442,10 +443,15 @@ def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
     kinds = set_threshold(rows, cal, args)
     ans = kinds["answerable"]
     never, final = figures_at(kinds, 0.0), figures_at(kinds, cal.threshold, cal.refusal_margin)
+
+    def point(key, x, figs):
+        return {key: x, **{k: v["abstain_rate"] for k, v in figs.items()},
+                "answerable_f1": figs["answerable"]["f1"]}
+
     if cal.refusal_margin is None:
-        curve = [(("threshold", t), figures_at(kinds, t)) for t in THRESHOLD_GRID[::4]]
+        curve = [point("threshold", t, figures_at(kinds, t)) for t in THRESHOLD_GRID[::4]]
     else:  # the threshold stays; the curve moves the margin
-        curve = [(("refusal_margin", m), figures_at(kinds, cal.threshold, m))
+        curve = [point("refusal_margin", m, figures_at(kinds, cal.threshold, m))
                  for m in MARGIN_GRID[::10]]
     return {"refuse_by": args.refuse_by, "cases": len(rows), "case_kind": args.cases,
             "passages": args.passages if args.cases == "retrieved" else 3,
@@ -456,8 +462,7 @@ def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
             "relevance": not args.no_relevance, "calibration": cal.to_dict(),
             "never_abstain": never, "at_threshold": final,
             "f1_cost": never["answerable"]["f1"] - final["answerable"]["f1"],
-            "curve": [{key: x, **{k: v["abstain_rate"] for k, v in a.items()},
-                       "answerable_f1": a["answerable"]["f1"]} for (key, x), a in curve]}
+            "curve": curve}
 
 
 def cross_fitted_figures(rows: list[dict], fit, args) -> dict | None:
