@@ -282,3 +282,30 @@ def test_a_time_budget_cuts_the_run_to_what_fits_and_a_resume_keeps_that_length(
     assert train_main(common + ["--resume"]) == 0
     cfg = json.loads((out / "model" / "spanqa_reader.json").read_text())
     assert cfg["training"]["steps"] == 20  # not the length first planned
+
+
+def test_a_driver_can_stop_the_loop_early_and_still_gets_a_checkpoint_an_eval_and_a_model(
+        tmp_path, tiny_reader_dir):
+    from qa.training.reader import ReaderTrainer
+
+    class StopsAtThree(ReaderTrainer):
+        def should_stop(self):
+            return self.step >= 3
+
+    p = _bridge_set(tmp_path, 40)
+    out = tmp_path / "run"
+    args = ReaderTrainingArgs(train=[str(p)], dev=str(p), out=str(out), base=str(tiny_reader_dir),
+                              max_seq_len=64, doc_stride=24, batch_size=2, save_every=0,
+                              eval_every=0, eval_limit=4)
+    StopsAtThree(args).run()
+    assert torch_load_step(out) == 3
+    log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["eval"]["n"] for r in log if "eval" in r] == [40]  # all of dev, once
+    cfg = json.loads((out / "model" / "spanqa_reader.json").read_text())
+    assert cfg["training"]["steps"] == 3 and cfg["training"]["steps_planned"] > 3
+
+
+def torch_load_step(out) -> int:
+    import torch
+
+    return int(torch.load(out / "checkpoint" / "state.pt", weights_only=True)["step"])

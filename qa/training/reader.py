@@ -681,7 +681,8 @@ class ReaderTrainer:
         with open(self.out / "train_log.jsonl", "a") as log, tqdm(
                 total=self.total, initial=self.step, desc="train", file=sys.stdout,
                 mininterval=30) as bar:
-            while self.step < self.total and not self.should_stop():
+            stopping = self.should_stop()
+            while self.step < self.total and not stopping:
                 batch = collate(self.feats, self.plan[self.step], pad_id, self.device, self.teacher)
                 with torch.autocast(self.device, dtype=torch.bfloat16, enabled=a.bf16):
                     loss = span_loss(self.model, batch, a.distill_alpha, a.distill_temperature)
@@ -702,10 +703,11 @@ class ReaderTrainer:
                         "lr": max(self.sched.get_last_lr()),
                         "ex_per_s": seen / (time.time() - t_start)}) + "\n")
                     log.flush()
-                if due(self.step, a.save_every, self.total) or self.should_stop():
+                stopping = self.should_stop()
+                if due(self.step, a.save_every, self.total) or stopping:
                     self.checkpoint()
-                if self.dev_sub and due(self.step, a.eval_every, self.total):
-                    last = self.step == self.total
+                if self.dev_sub and (due(self.step, a.eval_every, self.total) or stopping):
+                    last = self.step == self.total or stopping
                     m = evaluate(self.model, self.tokenizer, self.config,
                                  self.dev_qs if last else self.dev_sub, self.device)
                     m["step"] = self.step
@@ -776,7 +778,7 @@ class ReaderTrainer:
                             distill_temperature=a.distill_temperature)
         save_reader(self.model, self.tokenizer, self.config, self.out / "model",
                     extra={"training": training})
-        print(f"[done] {self.total} steps in {minutes:.1f} min; model in {self.out / 'model'}",
+        print(f"[done] {self.step} steps in {minutes:.1f} min; model in {self.out / 'model'}",
               flush=True)
         return self.out / "model"
 
