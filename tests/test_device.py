@@ -190,3 +190,22 @@ def test_a_time_budget_shortens_the_schedule_and_it_still_decays_to_zero():
 def test_a_call_too_small_for_any_piece_is_an_error_not_a_loop():
     with pytest.raises(SpanQAError, match="too little room"):
         device.plan_pieces([10], capacity=100, overhead=60)
+
+
+def test_featurising_in_parallel_gives_the_same_windows_for_any_number_of_workers(
+        tiny_reader_dir):
+    from transformers import AutoTokenizer
+
+    from qa.squad import SquadQuestion
+
+    tok = AutoTokenizer.from_pretrained(tiny_reader_dir)
+    start = CTX.index("Lena Ruiz")
+    qs = [SquadQuestion(f"q{i}", f"{QUESTION} ({i})", CTX, "B", 0, [("Lena Ruiz", start)])
+          for i in range(9)]
+    one = device.featurize_parallel(tok, qs, 64, 24, seed=3, workers=1, chunk=2)
+    two = device.featurize_parallel(tok, qs, 64, 24, seed=3, workers=2, chunk=2)
+    assert [f.input_ids for f in one] == [f.input_ids for f in two]
+    assert [f.spans for f in one] == [f.spans for f in two]
+    assert sum(f.spans != [(0, 0)] for f in one) >= 9  # every question keeps its answer
+    other = device.featurize_parallel(tok, qs, 64, 24, seed=4, workers=1, chunk=2)
+    assert [f.input_ids for f in other] != [f.input_ids for f in one]  # the seed draws negatives

@@ -30,6 +30,7 @@ import hashlib
 import json
 import lzma
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -348,6 +349,46 @@ def _place_base(manifest: dict, stage: Path) -> None:
             os.link(p, dest / p.name)
 
 
+_JOB: dict = {}  # what forked featurising workers read: set before the pool starts
+
+
+def _featurize_chunk(start: int) -> list:
+    from qa.training.reader import build_features
+
+    j = _JOB
+    return build_features(j["tokenizer"], j["questions"][start:start + j["chunk"]],
+                          j["max_seq_len"], j["doc_stride"], random.Random(f"{j['seed']}:{start}"))
+
+
+def featurize_parallel(tokenizer, questions: list, max_seq_len: int, doc_stride: int, seed: int,
+                       workers: int, chunk: int = 2048, progress=None) -> list:
+    """:func:`qa.training.reader.build_features` over ``workers`` forked processes, in chunks
+    of ``chunk`` questions, each drawing its negatives with a generator seeded by the seed and
+    the chunk's place: the same windows, in the same order, for any number of workers."""
+    import multiprocessing
+
+    _JOB.update(tokenizer=tokenizer, questions=questions, max_seq_len=max_seq_len,
+                doc_stride=doc_stride, seed=seed, chunk=chunk)
+    starts = range(0, len(questions), chunk)
+    feats: list = []
+    try:
+        if workers <= 1:
+            results = map(_featurize_chunk, starts)
+        else:
+            pool = multiprocessing.get_context("fork").Pool(workers)
+            results = pool.imap(_featurize_chunk, starts)
+        for start, part in zip(starts, results):
+            feats.extend(part)
+            if progress:
+                progress.update(min(chunk, len(questions) - start))
+    finally:
+        if workers > 1:
+            pool.close()
+            pool.join()
+        _JOB.clear()
+    return feats
+
+
 def run(stage: Path, poll_s: float = 2.0) -> int:
     """The background run: decompress the data, tokenise it while the base arrives, then load,
     train (to the budget and the deadline), save and pack into ``stage/result``. Ends with
@@ -356,6 +397,20 @@ def run(stage: Path, poll_s: float = 2.0) -> int:
 
     class DeviceTrainer(ReaderTrainer):
         deadline = None  # read once the last call has written it
+
+        def featurize(self) -> None:
+            """Over every core: the machine has many, and its lease is short."""
+            from tqdm import tqdm
+
+            a, t0 = self.args, time.time()
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # forked workers, one thread each
+            with tqdm(total=len(self.train_qs), desc="features", file=sys.stdout,
+                      mininterval=10) as bar:
+                self.feats = featurize_parallel(self.tokenizer, self.train_qs, a.max_seq_len,
+                                                a.doc_stride, a.seed, os.cpu_count() or 1,
+                                                progress=bar)
+            print(f"[data] {len(self.feats)} windows from {len(self.train_qs)} questions in "
+                  f"{time.time() - t0:.0f}s on {os.cpu_count()} processes", flush=True)
 
         def should_stop(self) -> bool:
             if self.deadline is None and (stage / "DEADLINE").is_file():
