@@ -209,3 +209,27 @@ def test_featurising_in_parallel_gives_the_same_windows_for_any_number_of_worker
     assert sum(f.spans != [(0, 0)] for f in one) >= 9  # every question keeps its answer
     other = device.featurize_parallel(tok, qs, 64, 24, seed=4, workers=1, chunk=2)
     assert [f.input_ids for f in other] != [f.input_ids for f in one]  # the seed draws negatives
+
+
+def test_the_steps_here_run_from_the_repository_root_only(tmp_path, monkeypatch, capsys):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert device.main(["slim"]) == 2
+    assert "repository's root" in capsys.readouterr().err
+
+
+def test_a_stage_left_by_another_bundle_is_cleared_not_mixed_in(tmp_path, tiny_reader_dir,
+                                                                monkeypatch, capsys):
+    stage = tmp_path / "stage"
+    with pytest.raises(SpanQAError, match="Nothing to stage"):
+        device.stage(tmp_path / "empty", stage)
+    first = _bundle(tmp_path, tiny_reader_dir, monkeypatch)
+    device.stage(_send(tmp_path, 1) / ".device", stage)
+    (stage / "DONE").write_text("{}")  # the old run's end
+    second = _bundle(tmp_path, tiny_reader_dir, monkeypatch, extra=["--seed", "7"])
+    assert second["id"] != first["id"]
+    device.stage(_send(tmp_path, 1) / ".device", stage)
+    assert "held another bundle" in capsys.readouterr().out
+    assert not (stage / "DONE").exists()
+    assert json.loads((stage / "manifest.json").read_text())["id"] == second["id"]

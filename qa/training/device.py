@@ -65,11 +65,18 @@ def sha256_of(path: Path) -> str:
 
 # ---------------------------------------------------------------- here: slim / unslim
 
-def _git(*args: str, check: bool = True) -> str:
+def _git(*args: str) -> str:
     out = subprocess.run(["git", *args], capture_output=True, text=True)
-    if check and out.returncode:
+    if out.returncode:
         raise SpanQAError(f"git {' '.join(args)}: {out.stderr.strip()}")
     return out.stdout
+
+
+def check_at_root() -> None:
+    """The tool sends the repository from its root, and carries paths relative to it."""
+    root = Path(_git("rev-parse", "--show-toplevel").strip())
+    if root.resolve() != Path.cwd().resolve():
+        raise SpanQAError(f"Run this from the repository's root, {root}.")
 
 
 def tree_bytes(skip: set[str] = frozenset()) -> int:
@@ -266,6 +273,7 @@ def bundle(options: list[str], out: Path = BUNDLE, rank: int = 64, wait_s: int =
             parts.append({"name": name, "call": call, "size": size, "sha256": sha256_of(target)})
         manifest["files"].append({"dest": dest, "size": src.stat().st_size,
                                   "sha256": sha256_of(src), "parts": parts})
+    manifest["id"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     for c in range(1, manifest["calls"] + 1):
         (out / f"call{c}" / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(work, ignore_errors=True)
@@ -281,12 +289,16 @@ def stage_dir() -> Path:
 def stage(bundle_dir: Path, stage: Path) -> dict:
     """Move what this call brought (``bundle_dir/call*``) into ``stage/parts``, each part's
     sha256 checked, and join every file whose parts are all there (its sha256 checked)."""
-    (stage / "parts").mkdir(parents=True, exist_ok=True)
     manifest = None
     for call in sorted(bundle_dir.glob("call*")):
         m = json.loads((call / "manifest.json").read_text())
         if m.get("format") != FORMAT or m.get("version") != VERSION:
             raise SpanQAError(f"{call} is not a {FORMAT} v{VERSION} bundle.")
+        old = stage / "manifest.json"
+        if old.is_file() and json.loads(old.read_text()).get("id") != m["id"]:
+            print(f"[there] {stage} held another bundle: cleared", flush=True)
+            shutil.rmtree(stage)
+        (stage / "parts").mkdir(parents=True, exist_ok=True)
         manifest = m
         (stage / "manifest.json").write_text(json.dumps(m))
         for f in m["files"]:
@@ -346,7 +358,10 @@ def _place_base(manifest: dict, stage: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for p in (stage / "base").iterdir():
         if not (dest / p.name).exists():
-            os.link(p, dest / p.name)
+            try:
+                os.link(p, dest / p.name)
+            except OSError:  # another file system
+                shutil.copy(p, dest / p.name)
 
 
 _JOB: dict = {}  # what forked featurising workers read: set before the pool starts
@@ -371,18 +386,15 @@ def featurize_parallel(tokenizer, questions: list, max_seq_len: int, doc_stride:
                 doc_stride=doc_stride, seed=seed, chunk=chunk)
     starts = range(0, len(questions), chunk)
     feats: list = []
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     try:
-        if workers <= 1:
-            results = map(_featurize_chunk, starts)
-        else:
-            pool = multiprocessing.get_context("fork").Pool(workers)
-            results = pool.imap(_featurize_chunk, starts)
+        results = pool.imap(_featurize_chunk, starts) if pool else map(_featurize_chunk, starts)
         for start, part in zip(starts, results):
             feats.extend(part)
             if progress:
                 progress.update(min(chunk, len(questions) - start))
     finally:
-        if workers > 1:
+        if pool:
             pool.close()
             pool.join()
         _JOB.clear()
@@ -627,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     try:
+        if a.cmd in ("slim", "unslim", "bundle"):
+            check_at_root()
         if a.cmd == "slim":
             files = slim()
             print(f"[slim] {len(files)} files out of the index; the tool now sends "
