@@ -180,8 +180,8 @@ def test_slim_takes_big_files_out_of_what_is_sent_and_unslim_puts_them_back(tmp_
 
 
 def test_a_time_budget_shortens_the_schedule_and_it_still_decays_to_zero():
-    assert budget_steps(1.0, 0.5, done=20) == 120
-    assert budget_steps(0.001, 0.5, done=20) == 20  # never fewer than taken
+    assert budget_steps(1.0, elapsed_s=10, seconds_per_step=0.5, done=25) == 125
+    assert budget_steps(0.001, elapsed_s=10, seconds_per_step=0.5, done=25) == 25  # never fewer
     assert [round(lr_factor(s, 10, 0.2), 2) for s in range(10)] == [
         0.5, 1.0, 1.0, 0.88, 0.75, 0.62, 0.5, 0.38, 0.25, 0.12]
     assert lr_factor(10, 10, 0.2) == 0.0

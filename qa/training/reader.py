@@ -432,7 +432,8 @@ def save_reader(model, tokenizer, config: ReaderConfig, out: Path, fp16: bool = 
     replace(config, notes={**config.notes, **(extra or {})}).save(out)
 
 
-PACE_STEPS = 20  # steps timed before a --max-minutes run fixes its length
+PACE_SKIP, PACE_STEPS = 5, 20  # a --max-minutes run times 20 steps after its first 5 (those
+# are slow: allocations, kernel set-up), then fixes its length
 
 
 def lr_factor(step: int, total: int, warmup: float) -> float:
@@ -444,10 +445,11 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
     return max(0.0, (total - step) / max(1, total - warm))
 
 
-def budget_steps(minutes: float, seconds_per_step: float, done: int) -> int:
-    """How many steps in all fit in ``minutes`` of training at ``seconds_per_step``, counting
-    the ``done`` already taken (at least those)."""
-    return max(done, int(minutes * 60 / max(seconds_per_step, 1e-9)))
+def budget_steps(minutes: float, elapsed_s: float, seconds_per_step: float, done: int) -> int:
+    """How many steps in all fit in ``minutes`` of training when ``done`` steps took
+    ``elapsed_s`` and the next go at ``seconds_per_step`` (never fewer than ``done``)."""
+    left = minutes * 60 - elapsed_s
+    return done + max(0, int(left / max(seconds_per_step, 1e-9)))
 
 
 def due(step: int, every: int, total: int) -> bool:
@@ -682,6 +684,7 @@ class ReaderTrainer:
                 total=self.total, initial=self.step, desc="train", file=sys.stdout,
                 mininterval=30) as bar:
             stopping = self.should_stop()
+            pace_from, t_pace = self.step + PACE_SKIP, None
             while self.step < self.total and not stopping:
                 batch = collate(self.feats, self.plan[self.step], pad_id, self.device, self.teacher)
                 with torch.autocast(self.device, dtype=torch.bfloat16, enabled=a.bf16):
@@ -695,8 +698,10 @@ class ReaderTrainer:
                 seen += len(self.plan[self.step - 1])
                 losses.append(loss.item())
                 bar.update(1)
-                if not self.paced and self.step == PACE_STEPS:
-                    self.fit_to_budget(time.time() - t_start, bar)
+                if not self.paced and self.step == pace_from:
+                    t_pace = time.time()
+                if not self.paced and self.step == pace_from + PACE_STEPS:
+                    self.fit_to_budget(time.time() - t_start, time.time() - t_pace, bar)
                 if self.step % 50 == 0:
                     log.write(json.dumps({
                         "step": self.step, "loss": float(np.mean(losses[-50:])),
@@ -716,14 +721,15 @@ class ReaderTrainer:
                     log.write(json.dumps({"eval": m}) + "\n")
                     log.flush()
 
-    def fit_to_budget(self, seconds: float, bar) -> None:
-        """After the first :data:`PACE_STEPS` steps, shorten the run to what ``--max-minutes``
-        allows at the pace measured (never lengthen it); the schedule follows ``self.total``,
-        so the learning rate still reaches zero at the last step."""
+    def fit_to_budget(self, elapsed: float, timed: float, bar) -> None:
+        """Once :data:`PACE_STEPS` steps past the first few are timed, shorten the run to what
+        ``--max-minutes`` allows at that pace (never lengthen it); the schedule follows
+        ``self.total``, so the learning rate still reaches zero at the last step."""
         self.paced = True
-        fits = budget_steps(self.args.max_minutes, seconds / PACE_STEPS, self.step)
+        pace = timed / PACE_STEPS
+        fits = budget_steps(self.args.max_minutes, elapsed, pace, self.step)
         if fits < self.total:
-            print(f"[budget] {seconds / PACE_STEPS:.2f} s a step: {fits} of {self.total} steps "
+            print(f"[budget] {pace:.2f} s a step: {fits} of {self.total} steps "
                   f"fit in {self.args.max_minutes:g} min", flush=True)
             self.total, self.plan = fits, self.plan[:fits]
             bar.total = fits
@@ -816,8 +822,8 @@ _HELP = {
     "eval_limit": "dev questions per mid-run eval",
     "save_every": "steps between checkpoints (0: only at the end)",
     "max_steps": "stop after this many steps (0: all)",
-    "max_minutes": "fit the run to this many minutes of training: after 20 steps it measures "
-                   "its pace and shortens the schedule (the learning rate still decays to zero "
+    "max_minutes": "fit the run to this many minutes of training: it times 20 steps after "
+                   "its first 5 and shortens the schedule (the learning rate still decays to zero "
                    "at the last step; 0: no budget)",
     "resume": "continue from the run folder's last checkpoint",
     "bf16": "compute the forward and backward passes in bf16 autocast (weights, optimiser "
