@@ -39,6 +39,33 @@ def at_abstentions(rows: list[dict], k: int) -> tuple[float, float]:
     return 100 * em / n, 100 * f1 / n
 
 
+RESAMPLES = 2000
+
+
+def paired_bootstrap(a: list[float], b: list[float], resamples: int = RESAMPLES,
+                     seed: int = 0) -> dict:
+    """The mean of ``b - a`` over paired items and its 95% interval: the 2.5th and 97.5th
+    percentiles of the mean over ``resamples`` resamplings of the items with replacement (the
+    same items for both runs, so what the two share cancels out). Seeded: the same runs give
+    the same interval."""
+    import numpy as np
+
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    if not len(d):
+        return {"n": 0, "mean": 0.0, "lo": 0.0, "hi": 0.0, "resamples": resamples}
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([d[rng.integers(0, len(d), (n, len(d)))].mean(axis=1)
+                            for n in np.diff(np.r_[0:resamples:200, resamples])])
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"n": len(d), "mean": float(d.mean()), "lo": float(lo), "hi": float(hi),
+            "resamples": resamples}
+
+
+def _best_f1(r: dict) -> float:
+    """F1 of the run's best span, as if it had answered (its prediction when no best is kept)."""
+    return 100 * score(r.get("best_text") or "", r["golds"])[1]
+
+
 def compare(a_dir, b_dir) -> dict:
     ma, ra = load_run(a_dir)
     mb, rb = load_run(b_dir)
@@ -58,7 +85,13 @@ def compare(a_dir, b_dir) -> dict:
         for k in counts:
             (ea, fa), (eb, fb) = at_abstentions(a_rows, k), at_abstentions(b_rows, k)
             matched.append({"abstained": k, "a": {"em": ea, "f1": fa}, "b": {"em": eb, "f1": fb}})
-    return {"deltas": deltas, "common": len(common), "matched": matched, "fixed": [rb[i] | {"before": ra[i]["prediction"]} for i in fixed],
+    f1_diff = {"as run": paired_bootstrap([100 * ra[i]["f1"] for i in common],
+                                          [100 * rb[i]["f1"] for i in common])}
+    if matched:  # both runs kept their best spans: compare them answering everything too
+        f1_diff["answering every question"] = paired_bootstrap(
+            [_best_f1(ra[i]) for i in common], [_best_f1(rb[i]) for i in common])
+    return {"deltas": deltas, "common": len(common), "matched": matched, "f1_diff": f1_diff,
+            "fixed": [rb[i] | {"before": ra[i]["prediction"]} for i in fixed],
             "broken": [rb[i] | {"before": ra[i]["prediction"]} for i in broken]}
 
 
@@ -66,6 +99,12 @@ def format_comparison(c: dict, a_name: str, b_name: str, show: int = 10) -> str:
     out = [f"{'metric':<22}{a_name[-18:]:>20}{b_name[-18:]:>20}{'delta':>10}"]
     for k, d in c["deltas"].items():
         out.append(f"{k:<22}{d['a']:>20.2f}{d['b']:>20.2f}{d['delta']:>+10.2f}")
+    if c.get("f1_diff"):
+        out.append(f"\nF1 of {b_name[-18:]} minus {a_name[-18:]}, paired over the "
+                   f"{c['common']} common questions (95% interval, bootstrap):")
+        for what, d in c["f1_diff"].items():
+            out.append(f"  {what:<26}{d['mean']:>+7.2f}   ({d['lo']:+.2f} … {d['hi']:+.2f}; "
+                       f"{d['resamples']:,} resamples)")
     if c.get("matched"):
         out.append(f"\nEach run abstaining on its N least confident of the {c['common']} "
                    "common questions (EM / F1):")

@@ -155,3 +155,37 @@ def test_holdout_set_keeps_every_paragraph_of_the_held_out_articles(tmp_path):
     again = tmp_path / "again.json"
     holdout_main(["--source", str(src), "--out", str(again), "--questions", "10"])
     assert again.read_text() == out.read_text()  # seeded
+
+
+def _run(d, f1s, best=None):
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps({"f1": 100 * sum(f1s) / len(f1s)}))
+    rows = [{"id": f"q{i}", "question": "q", "golds": ["x y"], "prediction": "x y" if f else "",
+             "em": f, "f1": f, "abstained": False,
+             "best_text": (best or ["x y" if f else "z"] * len(f1s))[i], "best_score": 0.5}
+            for i, f in enumerate(f1s)]
+    (d / "per_question.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return d
+
+
+def test_compare_gives_the_f1_difference_with_a_paired_interval(tmp_path, capsys):
+    from eval.compare import compare, paired_bootstrap
+
+    same = paired_bootstrap([0, 100, 50], [0, 100, 50])
+    assert (same["mean"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
+    up = paired_bootstrap([0] * 10, [100] * 10)
+    assert (up["mean"], up["lo"], up["hi"]) == (100.0, 100.0, 100.0)
+    mixed = paired_bootstrap([0] * 50 + [100] * 50, [100] * 55 + [0] * 45)
+    assert mixed["mean"] == 5.0 and mixed["lo"] < 0 < mixed["hi"]  # +100 x50, 0 x5, -100 x45
+    assert paired_bootstrap([0, 1, 0, 1], [1, 1, 0, 0]) == paired_bootstrap([0, 1, 0, 1],
+                                                                           [1, 1, 0, 0])
+    # pairing matters: B better on every question by a little is sure, though runs overlap
+    a = [float(i % 7) for i in range(200)]
+    tight = paired_bootstrap(a, [x + 1 for x in a])
+    assert tight["lo"] == tight["hi"] == 1.0
+    ra = _run(tmp_path / "a", [1.0, 0.0, 0.0, 1.0])
+    rb = _run(tmp_path / "b", [1.0, 1.0, 0.0, 1.0])
+    c = compare(ra, rb)
+    assert c["f1_diff"]["as run"]["mean"] == 25.0 and c["f1_diff"]["as run"]["n"] == 4
+    assert main(["eval", "--compare", str(ra), str(rb)]) == 0
+    assert "+25.00" in capsys.readouterr().out
