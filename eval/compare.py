@@ -62,7 +62,7 @@ def paired_bootstrap(a: list[float], b: list[float], resamples: int = RESAMPLES,
 
 
 def _best_f1(r: dict) -> float:
-    """F1 of the run's best span, as if it had answered (its prediction when no best is kept)."""
+    """F1 of the run's best span, as if it had answered (no best span: the empty answer)."""
     return 100 * score(r.get("best_text") or "", r["golds"])[1]
 
 

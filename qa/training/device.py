@@ -39,6 +39,7 @@ import time
 import traceback
 from pathlib import Path
 
+from index.validate import file_digest
 from qa.errors import SpanQAError
 
 TOOL_LIMIT = 64 * 2**20  # the tool's working tree per call, carried paths included
@@ -56,11 +57,7 @@ GRACE_S = 30  # past the wait, after asking the run to stop: the call's timeout 
 
 
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path)["sha256"]
 
 
 # ---------------------------------------------------------------- here: slim / unslim
@@ -481,12 +478,14 @@ def carry_settings(init: Path, reader: Path) -> None:
     """The init reader's reading settings (length penalty, staged reading, runtime) into the
     new reader's ``spanqa_reader.json``, as averaging with ``pack-reader`` carries them. Its
     calibration is not carried: it belongs to the old weights (``calibrate-reader`` fits one)."""
-    if not (init / "spanqa_reader.json").is_file():
+    from dataclasses import replace
+
+    from qa.reader import READER_CONFIG_FILE, ReaderConfig
+
+    if not (init / READER_CONFIG_FILE).is_file():
         return
-    old = json.loads((init / "spanqa_reader.json").read_text())
-    new = json.loads((reader / "spanqa_reader.json").read_text())
-    new.update({k: old[k] for k in READING_SETTINGS if k in old})
-    (reader / "spanqa_reader.json").write_text(json.dumps(new, indent=2))
+    old = ReaderConfig.load(init)
+    replace(ReaderConfig.load(reader), **{k: getattr(old, k) for k in READING_SETTINGS}).save(reader)
 
 
 def _gpu_name() -> str | None:
@@ -502,11 +501,11 @@ def start(stage: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.safetensors", "models")
     for pkg in ("qa", "index"):
         shutil.copytree(pkg, code / pkg, ignore=ignore, dirs_exist_ok=True)
-    log = open(stage / "run.log", "ab")
     env = {**os.environ, "PYTHONPATH": str(code), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "qa.training.device", "run", "--stage",
-                             str(stage)], cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(stage / "run.log", "ab") as log:  # the child keeps its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "qa.training.device", "run", "--stage",
+                                 str(stage)], cwd=code, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     (stage / "run.pid").write_text(str(proc.pid))
 
 

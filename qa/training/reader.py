@@ -557,13 +557,17 @@ class ReaderTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "args.json").write_text(json.dumps(asdict(self.args), indent=2))
 
+    def start_from(self) -> str:
+        """The folder training starts from: ``--init``, else the base (``--base``, else
+        all-MiniLM-L6-v2 from its pip package)."""
+        a = self.args
+        return a.init or (resolve_base(a.base) if a.base else default_base_model())
+
     def load_tokenizer(self) -> None:
         """``--init``'s tokenizer, else the base's (all the data steps need; no weights)."""
         from transformers import AutoTokenizer
 
-        a = self.args
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            a.init or (resolve_base(a.base) if a.base else default_base_model()))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.start_from())
 
     def load_model(self) -> None:
         """The fp32 model: the checkpoint when resuming, else ``--init`` (a packed or full
@@ -576,8 +580,7 @@ class ReaderTrainer:
         if a.init and is_packed(a.init) and not resuming:
             self.model = load_packed(a.init)
         else:
-            source = str(self.ckpt) if resuming else (
-                a.init or (resolve_base(a.base) if a.base else default_base_model()))
+            source = str(self.ckpt) if resuming else self.start_from()
             self.model = AutoModelForQuestionAnswering.from_pretrained(
                 source, attn_implementation="eager",
                 dtype=torch.float32)  # a shipped reader is fp16 on disk; train in fp32
