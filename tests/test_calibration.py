@@ -2,7 +2,10 @@
 embedder it was fitted for, and ``calibrate-reader`` writes a usable config into the folder."""
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -481,3 +484,32 @@ def test_refusal_curve_compares_the_two_rules_on_saved_rows(tmp_path, capsys):
     saved.write_text('{"kind": "answerable"}\n')  # rows without spans: an error, not a traceback
     assert refusal_curve([f"{saved}:{folder}"]) == 2
     assert "not calibrate-reader rows" in capsys.readouterr().err
+
+
+def test_retrieved_cases_are_the_same_in_every_process(tmp_path):
+    """The held-out cases (their order and the wrong documents drawn) depend on the seed alone,
+    not on the process's string hashing, so a calibration run can be repeated and its saved
+    rows matched to the cases."""
+    data = {"version": "v2.0", "data": [{"title": t, "paragraphs": [
+        {"context": f"The {t.lower()} report {i} says the figure is {10 * i}. " * 2,
+         "qas": [{"id": f"{t}{i}", "question": f"What figure does the {t.lower()} report {i} give?",
+                  "answers": [{"text": str(10 * i), "answer_start": 0}]}]}
+        for i in range(3)]} for t in ("Rivers", "Mountains", "Lakes", "Deserts", "Forests")]}
+    path = tmp_path / "held.json"
+    path.write_text(json.dumps(data))
+    script = (
+        "import json, random, sys\n"
+        "from index.embedder import shared_embedder\n"
+        "from qa.squad import load_squad\n"
+        "from qa.training.calibrate import build_retrieved_cases\n"
+        f"cases = build_retrieved_cases(load_squad({str(path)!r}), shared_embedder(), random.Random(7), 100, 2)\n"
+        "print(json.dumps([[c.kind, c.title, c.question, c.passages] for c in cases]))\n")
+    outs = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                             text=True, timeout=300, check=True)
+        outs.add(run.stdout.strip().splitlines()[-1])
+    assert len(outs) == 1
+    cases = json.loads(outs.pop())
+    assert len(cases) == 15 + 15 and {c[0] for c in cases} == {"answerable", "wrong_document"}

@@ -133,7 +133,9 @@ def build_retrieved_cases(articles: list[SquadArticle], embedder, rng: random.Ra
     cases = []
     for i in range(0, len(qs), 64):
         batch = qs[i:i + 64]
-        for title in {q.title for q in batch}:
+        # titles in first-seen order: a set's order changes with PYTHONHASHSEED, and with it
+        # the order of the cases and which wrong documents are drawn
+        for title in dict.fromkeys(q.title for q in batch):
             mine = [q for q in batch if q.title == title]
             for q, ps in zip(mine, retrievers[title].retrieve_many([q.question for q in mine])):
                 cases.append(CalibrationCase(
