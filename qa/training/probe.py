@@ -27,11 +27,12 @@ import argparse
 import json
 import sys
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from qa.decoding import min_null_logit, window_spans
 from qa.errors import SpanQAError
 from qa.squad import load_squad, shared_data
 from qa.training.retriever import CALIBRATION_TITLES
@@ -100,8 +101,6 @@ def read_states(reader, questions: list[str], passages: list[str], layers: tuple
     """For each (question, passage) pair: the ``<s>`` states of the window holding its best
     span, that span's logit (length penalty applied), the pair's no-answer logit and the span's
     character offsets. ``reader`` must read with torch (``runtime="torch"`` or ``torch-bf16``)."""
-    from qa.decoding import min_null_logit, window_spans
-
     reader.warm_up()
     if reader.model is None:
         raise SpanQAError("The refusal probe reads with torch: open the reader with "
@@ -111,25 +110,26 @@ def read_states(reader, questions: list[str], passages: list[str], layers: tuple
         windows, start, end = reader.window_logits(questions, passages)
     states = np.concatenate(got)
     nulls = min_null_logit(start, end, windows.pair_index)
+    # per pair (logit, window, char start, char end); a passage with no span: its first window
     best: dict[int, tuple[float, int, int, int]] = {}
     for w, pair in enumerate(windows.pair_index):
         spans = window_spans(start[w], end[w], windows.offsets[w], cfg.max_answer_len, 1,
                              cfg.length_penalty)
-        if spans and (pair not in best or spans[0][2] > best[pair][0]):
+        best.setdefault(pair, (-np.inf, w, 0, 0))
+        if spans and spans[0][2] > best[pair][0]:
             st, en, logit = spans[0]
             best[pair] = (logit, w, windows.offsets[w][st][0], windows.offsets[w][en][1])
-    rows = []
-    for pair in range(len(questions)):
-        first = windows.pair_index.index(pair)
-        logit, w, cs, ce = best.get(pair, (-20.0, first, 0, 0))
-        rows.append({"state": states[w], "logit": logit, "null": nulls[pair],
-                     "char_start": cs, "char_end": ce})
-    return rows
+    return [{"state": states[w], "logit": -20.0 if logit == -np.inf else logit,
+             "null": nulls[pair], "char_start": cs, "char_end": ce}
+            for pair, (logit, w, cs, ce) in sorted(best.items())]
 
 
 def logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 50) -> np.ndarray:
     """L2-penalised logistic regression by Newton's method: weights, then the bias (not
-    penalised). ``x`` is standardised; a few hundred columns at most."""
+    penalised). ``x`` is standardised; a few hundred columns at most. Not
+    :func:`qa.training.calibrate.fit_platt`: that one standardises its columns again (which
+    would whiten the principal components and change what the penalty does) and takes a fixed
+    number of gradient steps, enough for its three features but not converged for ~34."""
     n, d = x.shape
     a = np.hstack([x, np.ones((n, 1))])
     w = np.zeros(d + 1)
@@ -225,11 +225,10 @@ def train(args: ProbeArgs) -> dict:
     config = {"format": "spanqa-refusal-probe", "version": 1, "layers": list(layers),
               "hidden": int(states.shape[1] // len(layers)), "scalars": ["logit", "margin"],
               "target": "best span right (F1 >= 0.5)", "fit": {"k": args.k, "l2": args.l2},
-              "reader": args.reader, "trained_on": {**asdict(args), "questions": len(qs),
-                                                    "unanswerable": int(impossible.sum())},
+              "reader": args.reader,
+              "trained_on": {**asdict(replace(args, layers=tuple(layers))), "questions": len(qs),
+                             "unanswerable": int(impossible.sum())},
               "in_sample_auc_right_vs_unanswerable": auc(s[target], s[impossible])}
-    config["trained_on"]["skip_titles"] = list(args.skip_titles)
-    config["trained_on"]["layers"] = list(layers)
     (out / PROBE_CONFIG).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     return config
 
