@@ -87,7 +87,8 @@ def compare(args) -> int:
             for r in rows:
                 best, conf = pick([s for s in r["spans"] if s["place"] <= k], cal)
                 e, f = (best["em"], best["f1"]) if best else (0.0, 0.0)
-                keep = best is not None and not cal.refuses(conf, best["logit"], best["null"])
+                keep = best is not None and not cal.refuses(conf, best["logit"], best["null"],
+                                                            probe=best.get("probe"))
                 em.append(e), f1.append(f), em_t.append(e * keep), f1_t.append(f * keep)
                 abst.append(not keep)
             print(f"  first {k} passages: never abstaining EM {100 * np.mean(em):.2f} "

@@ -39,6 +39,12 @@ the shipped readers do not use it). With it, the threshold only guards against
 passages about something else (the lowest confidence meeting the wrong-document goal) and the
 margin refuses the on-topic questions the passages cannot answer. An explicit threshold passed
 by the caller replaces the whole rule by that confidence threshold alone (0 never abstains).
+
+**Refusing by the refusal probe** (``probe_threshold``, None unless the reader folder holds a
+probe and ``calibrate-reader --refuse-by probe`` chose one): the answer is also refused when
+the probe's logit for its span (a linear score on the reader's ``<s>`` states, :mod:`qa.probe`)
+is below ``probe_threshold``. Both thresholds are chosen together on held-out data: the
+confidence one at or above the wrong-document floor, the probe one spending the F1 budget.
 """
 from __future__ import annotations
 
@@ -66,6 +72,7 @@ class Calibration:
     rank_weight: float = 0.0  # in `right`: 1 / the passage's place in the retriever's ranking
     rank_default: float = 0.0  # stands in for 1 / place when the passages were not retrieved
     refusal_margin: float | None = None  # refuse when logit - null_logit is below it (None: never)
+    probe_threshold: float | None = None  # refuse when the span's probe logit is below it
 
     @property
     def has_topic_model(self) -> bool:
@@ -96,14 +103,17 @@ class Calibration:
                 * self.on_topic(logit, null_logit, relevance))
 
     def refuses(self, confidence: float, logit: float, null_logit: float,
-                threshold: float | None = None) -> bool:
+                threshold: float | None = None, probe: float | None = None) -> bool:
         """Whether to abstain rather than give the span scored ``confidence`` (with these raw
-        logits): below the threshold, or (the calibrated rule only) below the refusal margin.
-        ``threshold``: the caller's own, which replaces the calibrated rule."""
+        logits and, from a reader with a refusal probe, its ``probe`` logit): below the
+        threshold, or (the calibrated rule only) below the refusal margin or the probe
+        threshold. ``threshold``: the caller's own, which replaces the calibrated rule."""
         if threshold is not None:
             return confidence < threshold
         return confidence < self.threshold or (
-            self.refusal_margin is not None and logit - null_logit < self.refusal_margin)
+            self.refusal_margin is not None and logit - null_logit < self.refusal_margin) or (
+            self.probe_threshold is not None and probe is not None
+            and probe < self.probe_threshold)
 
     def accepts_relevance_from(self, embedder_name: str | None) -> bool:
         """Whether similarities by this embedder are on the scale the weights were fitted on."""

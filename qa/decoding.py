@@ -22,6 +22,7 @@ class SpanCandidate:
     char_start: int  # character span in the passage, end exclusive
     char_end: int
     logit: float  # start_logit + end_logit - length_penalty * (tokens - 1)
+    window: int = -1  # the window it scored best in (its index in the batch of windows)
 
 
 def window_spans(
@@ -70,7 +71,7 @@ def decode_windows(
     """Candidates of every pair, best first, merged over that pair's windows.
 
     The same character span seen in two overlapping windows is kept once, with its best
-    score. Each pair's list is sorted by ``logit``; the pair's no-answer logit comes from
+    score and the window that gave it. Each pair's list is sorted by ``logit``; the pair's no-answer logit comes from
     :func:`min_null_logit`.
     """
     per_pair: dict[int, dict[tuple[int, int], SpanCandidate]] = {}
@@ -82,7 +83,7 @@ def decode_windows(
             cs, ce = offsets[w][st][0], offsets[w][en][1]
             old = best.get((cs, ce))
             if old is None or logit > old.logit:
-                best[(cs, ce)] = SpanCandidate(pair, cs, ce, logit)
+                best[(cs, ce)] = SpanCandidate(pair, cs, ce, logit, w)
     return {
         pair: sorted(c.values(), key=lambda c: -c.logit) for pair, c in per_pair.items()
     }

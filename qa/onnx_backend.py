@@ -70,39 +70,51 @@ def resolve_runtime(name: str, cpuinfo: str = CPUINFO) -> str:
     return "torch-bf16" if has_amx_bf16(cpuinfo) else "onnx"
 
 
-def export_key(model_dir: str | Path, runtime: str) -> str:
+def export_key(model_dir: str | Path, runtime: str, layers: tuple[int, ...] = ()) -> str:
     """A content hash of what the export depends on: the folder's weights and config files
     (a packed folder's delta and its base's name and hash, in ``spanqa_delta.json``), the
-    runtime and the recipe version."""
-    return files_key(f"{runtime}:{EXPORT_VERSION}:{INT8_KEEP_FP32}",
+    runtime, the recipe version and the layers whose ``<s>`` states it also returns."""
+    states = f":states{','.join(map(str, layers))}" if layers else ""
+    return files_key(f"{runtime}:{EXPORT_VERSION}:{INT8_KEEP_FP32}{states}",
                      [Path(model_dir) / name for name in _KEYED_FILES])
 
 
-def cached_export(model_dir: str | Path, runtime: str) -> Path:
+def cached_export(model_dir: str | Path, runtime: str, layers: tuple[int, ...] = ()) -> Path:
     """Where this model's export for ``runtime`` is (or will be) cached."""
-    return cache_root() / ONNX_DIR / export_key(model_dir, runtime) / "model.onnx"
+    return cache_root() / ONNX_DIR / export_key(model_dir, runtime, layers) / "model.onnx"
 
 
-def export(model, input_names: list[str], dest: Path, int8: bool) -> Path:
-    """Export a torch QA model to ``dest`` (optionally int8-quantised) as a new cache entry."""
+def export(model, input_names: list[str], dest: Path, int8: bool,
+           layers: tuple[int, ...] = ()) -> Path:
+    """Export a torch QA model to ``dest`` (optionally int8-quantised) as a new cache entry;
+    with ``layers``, a third output :data:`qa.probe.STATES_OUTPUT` holds those layers' ``<s>``
+    states side by side (the refusal probe's input)."""
     import torch
 
-    class Logits(torch.nn.Module):  # plain tensors in, the two logit tensors out
+    from qa.probe import STATES_OUTPUT, first_token_states, layer_outputs
+
+    class Logits(torch.nn.Module):  # plain tensors in, the logit (and state) tensors out
         def __init__(self, m):
             super().__init__()
             self.m = m
 
         def forward(self, *xs):
-            out = self.m(**dict(zip(input_names, xs)))
-            return out.start_logits, out.end_logits
+            if not layers:
+                out = self.m(**dict(zip(input_names, xs)))
+                return out.start_logits, out.end_logits
+            with layer_outputs(self.m, layers) as got:
+                out = self.m(**dict(zip(input_names, xs)))
+                return out.start_logits, out.end_logits, first_token_states(got, layers)
+
+    names = [*OUTPUTS, STATES_OUTPUT] if layers else list(OUTPUTS)
 
     def write(folder: Path) -> None:
         if not int8:
-            export_module(Logits(model), input_names, list(OUTPUTS), folder / dest.name)
+            export_module(Logits(model), input_names, names, folder / dest.name)
             return
         fp32 = folder / "fp32" / dest.name
         fp32.parent.mkdir()
-        export_module(Logits(model), input_names, list(OUTPUTS), fp32)
+        export_module(Logits(model), input_names, names, fp32)
         _quantize(fp32, folder / dest.name)
         weights_beside(folder / dest.name)
         shutil.rmtree(fp32.parent)
@@ -124,23 +136,32 @@ def _quantize(fp32: Path, out: Path) -> None:
 class OnnxReaderModel(OnnxSession):
     """An ONNX Runtime session with the reader's interface: numpy inputs (``input_ids``,
     ``attention_mask`` and, for BERT-style models, ``token_type_ids``) → start and end
-    logits as float32 arrays."""
+    logits as float32 arrays, and the ``<s>`` states when the export has them (else None)."""
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        start, end = self.run(list(OUTPUTS), inputs)
-        return start.astype(np.float32, copy=False), end.astype(np.float32, copy=False)
+    def __init__(self, file: str | Path):
+        from qa.probe import STATES_OUTPUT
+
+        super().__init__(file)
+        names = {o.name for o in self.session.get_outputs()}
+        self.outputs = [*OUTPUTS, STATES_OUTPUT] if STATES_OUTPUT in names else list(OUTPUTS)
+
+    def __call__(self, inputs: dict[str, np.ndarray]):
+        got = [a.astype(np.float32, copy=False) for a in self.run(self.outputs, inputs)]
+        return got[0], got[1], (got[2] if len(got) > 2 else None)
 
 
-def open_runtime(model_dir: str | Path, runtime: str, load_torch) -> OnnxReaderModel:
-    """The ONNX session for this model folder and runtime: from the cache, or exported from
-    ``load_torch()`` (``(model, input names)``, called only on a miss) and cached. A cached
-    file that will not open is exported again. Raises whatever the export raises; the reader
-    falls back to torch."""
-    dest = cached_export(model_dir, runtime)
+def open_runtime(model_dir: str | Path, runtime: str, load_torch,
+                 layers: tuple[int, ...] = ()) -> OnnxReaderModel:
+    """The ONNX session for this model folder and runtime (returning the ``<s>`` states of
+    ``layers`` too, when given): from the cache, or exported from ``load_torch()`` (``(model,
+    input names)``, called only on a miss) and cached. A cached file that will not open is
+    exported again. Raises whatever the export raises; the reader falls back to torch."""
+    dest = cached_export(model_dir, runtime, layers)
 
     def export_it(entry: Path) -> None:
         log.info("spanqa: exporting the reader to ONNX (%s), once", runtime)
         model, input_names = load_torch()
-        export(model, input_names, entry / dest.name, int8=runtime == "onnx-int8")
+        export(model, input_names, entry / dest.name, int8=runtime == "onnx-int8",
+               layers=layers)
 
     return open_cached(dest.parent, dest.name, lambda e: OnnxReaderModel(e / dest.name), export_it)

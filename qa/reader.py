@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from qa.errors import ModelNotFoundError, OptionError
 from qa.features import build_windows
 from qa.onnx_backend import ONNX_RUNTIMES, check_runtime, resolve_runtime
 from qa.packed import folder_weights, is_packed, load_packed
+from qa.probe import RefusalProbe, first_token_states, layer_outputs
 from qa.scoring import RawSpan, ReaderResult, ReaderSpan, score_spans  # noqa: F401 (re-exported)
 
 log = logging.getLogger("spanqa.reader")
@@ -180,7 +182,8 @@ class ExtractiveReader:
         self.model = None  # the torch model, when torch reads (or exported the ONNX one)
         self.tokenizer = None
         self.runtime: str | None = None  # the runtime actually reading, once warm
-        self._forward = None  # numpy inputs -> (start, end) logits
+        self._forward = None  # numpy inputs -> (start, end logits, <s> states or None)
+        self.probe: RefusalProbe | None = None  # the folder's refusal probe (qa.probe)
         self._lock = threading.Lock()  # loading
         self._use_lock = threading.Lock()  # tokenising + model: one request at a time
 
@@ -212,6 +215,7 @@ class ExtractiveReader:
                 folder = Path(path)
                 cfg = ReaderConfig.load(folder) if folder.is_dir() else ReaderConfig()
                 self.config = cfg.with_overrides(**self._overrides)
+            self.probe = self._load_probe(path)
             runtime = resolve_runtime(self.config.runtime)
             if runtime in ONNX_RUNTIMES and self._start_onnx(path, runtime):
                 return
@@ -223,6 +227,18 @@ class ExtractiveReader:
                 names = getattr(self.model, "input_names", None)  # our own modules say
                 self.tokenizer = self._load_tokenizer(path, list(names) if names else None)
             self.runtime, self._forward = runtime, self._torch_forward
+
+    def _load_probe(self, path: str) -> RefusalProbe | None:
+        """The folder's refusal probe; a calibration that refuses by a probe the folder lacks
+        is ``ModelNotFoundError`` (answering without it would refuse less than it says)."""
+        probe = RefusalProbe.load(path) if Path(path).is_dir() else None
+        needs = [c for c in (self.config.calibration, *self.config.other_calibrations.values())
+                 if c.probe_threshold is not None]
+        if needs and probe is None:
+            raise ModelNotFoundError(f"{self.model_name!r}: its calibration refuses by a refusal "
+                                     "probe, and the folder holds none (refusal_probe.safetensors, "
+                                     "spanqa_probe.json); copy them back or calibrate again.")
+        return probe
 
     def _load_error(self, exc: Exception) -> ModelNotFoundError:
         return ModelNotFoundError(f"Could not load a question-answering model from "
@@ -299,8 +315,9 @@ class ExtractiveReader:
                 self.model = self._load_torch(path, native=False)
             return self.model, model_input_names(self.tokenizer)
 
+        layers = self.probe.layers if self.probe else ()
         try:
-            session = open_runtime(path, runtime, load_torch)
+            session = open_runtime(path, runtime, load_torch, layers)
         except ModelNotFoundError:
             raise
         except Exception as exc:  # noqa: BLE001 - any runtime failure: read with torch
@@ -312,16 +329,21 @@ class ExtractiveReader:
         self._forward, self.runtime, self.model = session, runtime, None  # torch copy dropped
         return True
 
-    def _torch_forward(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _torch_forward(self, batch: dict[str, np.ndarray]):
         import torch
 
-        with torch.inference_mode():
+        layers = self.probe.layers if self.probe else ()
+        hooks = layer_outputs(self.model, layers) if layers else nullcontext({})
+        with torch.inference_mode(), hooks as got:
             out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in batch.items()})
-        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+            states = first_token_states(got, layers).float().cpu().numpy() if layers else None
+        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy(), states
 
-    def _logits(self, windows, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def _logits(self, windows, progress: bool = False):
+        """Start and end logits of every window, and each window's probe term
+        (:meth:`RefusalProbe.state_terms`; None without a probe)."""
         bs = self.config.batch_size
-        starts, ends = [], []
+        starts, ends, terms = [], [], []
         inputs = windows.model_inputs()
         batches = range(0, len(windows), bs)
         if progress:  # long offline reads only (calibration); never per question
@@ -330,23 +352,31 @@ class ExtractiveReader:
             batches = tqdm(batches, desc="reading", unit="batch", mininterval=5)
         for i in batches:
             width = int(inputs["attention_mask"][i:i + bs].sum(1).max())
-            s, e = self._forward({k: np.ascontiguousarray(v[i:i + bs, :width])
-                                  for k, v in inputs.items()})
+            s, e, states = self._forward({k: np.ascontiguousarray(v[i:i + bs, :width])
+                                          for k, v in inputs.items()})
             pad = inputs["input_ids"].shape[1] - width
             starts.append(np.pad(s, ((0, 0), (0, pad)), constant_values=-1e4))
             ends.append(np.pad(e, ((0, 0), (0, pad)), constant_values=-1e4))
-        return np.concatenate(starts), np.concatenate(ends)
+            if self.probe is not None:
+                terms.append(self.probe.state_terms(states))
+        return (np.concatenate(starts), np.concatenate(ends),
+                np.concatenate(terms) if self.probe is not None else None)
 
     def window_logits(self, questions: list[str], passages: list[str], progress: bool = False):
         """``(windows, start_logits, end_logits)`` for (question, passage) pairs: the model's raw
         output before span decoding (calibration decodes it several ways)."""
+        windows, start, end, _ = self.window_outputs(questions, passages, progress)
+        return windows, start, end
+
+    def window_outputs(self, questions: list[str], passages: list[str], progress: bool = False):
+        """:meth:`window_logits` and each window's refusal-probe term (None without a probe)."""
         self.warm_up()
         cfg = self.config
         with self._use_lock:
             windows = build_windows(self.tokenizer, questions, passages, cfg.max_seq_len,
                                     cfg.doc_stride)
-            start, end = self._logits(windows, progress)
-        return windows, start, end
+            start, end, terms = self._logits(windows, progress)
+        return windows, start, end, terms
 
     def predict(self, question: str, passages: list[str], top_k: int = 5,
                 threshold: float | None = None) -> ReaderResult:
@@ -374,7 +404,7 @@ class ExtractiveReader:
         out: list[list[RawSpan]] = [[] for _ in questions]
         if not q_flat:
             return out
-        windows, start, end = self.window_logits(q_flat, p_flat)
+        windows, start, end, terms = self.window_outputs(q_flat, p_flat)
         cands = decode_windows(start, end, windows.offsets, windows.pair_index,
                                cfg.max_answer_len, cfg.top_n_per_window, cfg.length_penalty)
         nulls = min_null_logit(start, end, windows.pair_index)
@@ -382,5 +412,8 @@ class ExtractiveReader:
             qi, pi = owner[pair]
             text = p_flat[pair]
             out[qi].extend(RawSpan(pi, text[c.char_start:c.char_end], c.char_start, c.char_end,
-                                   c.logit, nulls[pair]) for c in cs)
+                                   c.logit, nulls[pair],
+                                   None if terms is None
+                                   else self.probe.score(terms[c.window], c.logit, nulls[pair]))
+                           for c in cs)
         return out

@@ -25,6 +25,7 @@ class RawSpan:
     char_end: int
     logit: float  # start+end logit, less the length penalty
     null_logit: float  # the passage's no-answer logit
+    probe: float | None = None  # the refusal probe's logit (qa.probe); None without one
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ReaderSpan:
     score: float  # calibrated confidence in [0, 1]
     logit: float
     null_logit: float
+    probe: float | None = None  # the refusal probe's logit, when the reader has one
 
 
 @dataclass
@@ -59,8 +61,8 @@ def score_spans(raw: list[list[RawSpan]], calibration: Calibration, threshold: f
                 ranked: bool = False) -> list[ReaderResult]:
     """Each question's spans with calibrated confidences, best first, overlapping spans of a
     passage dropped and spans without a letter or digit left out, at most ``top_k`` kept;
-    abstain by the calibration's rule (:meth:`Calibration.refuses`: below its threshold or its
-    refusal margin) or, given a ``threshold``, when the best confidence is below it.
+    abstain by the calibration's rule (:meth:`Calibration.refuses`: below its threshold, its
+    refusal margin or its probe threshold) or, given a ``threshold``, when the best confidence is below it.
     ``relevance[q][p]`` is passage
     ``p``'s similarity to question ``q`` on the scale the calibration was fitted with (None:
     the calibration's default stands in). ``ranked``: the passages are in the retriever's
@@ -72,7 +74,7 @@ def score_spans(raw: list[list[RawSpan]], calibration: Calibration, threshold: f
                                  s.logit, s.null_logit,
                                  None if relevance is None else float(relevance[qi][s.passage]),
                                  s.passage + 1 if ranked else None),
-                             s.logit, s.null_logit) for s in spans]
+                             s.logit, s.null_logit, s.probe) for s in spans]
         scored.sort(key=lambda s: (-s.score, -s.logit))
         scored = [s for s in scored if has_word(s.text)]  # never "." alone
         scored = drop_overlaps(scored, key=lambda s: (s.passage, s.char_start, s.char_end))
@@ -82,5 +84,6 @@ def score_spans(raw: list[list[RawSpan]], calibration: Calibration, threshold: f
         best = scored[0]
         results.append(ReaderResult(
             spans=scored[:top_k], no_answer_score=1.0 - best.score,
-            abstained=calibration.refuses(best.score, best.logit, best.null_logit, threshold)))
+            abstained=calibration.refuses(best.score, best.logit, best.null_logit, threshold,
+                                          best.probe)))
     return results

@@ -69,7 +69,10 @@ def test_overlapping_windows_merge_and_offsets_stay_in_the_passage():
     texts = [p[c.char_start:c.char_end] for c in out]
     assert texts[0] == "three four" and texts.count("three four") == 1
     assert out[0].logit == 8.0  # the better of the two windows' scores
+    assert out[0].window == 1  # ... and the window that gave it (the refusal probe reads it)
     assert "five" in texts
+    swapped = decode_windows(np.array([s2, s1]), np.array([e2, e1]), [w2, w1], [0, 0], top_n=3)[0]
+    assert swapped[0].window == 0 and swapped[0].logit == 8.0
 
 
 def test_no_answer_logit_is_the_lowest_cls_over_windows():

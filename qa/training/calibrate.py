@@ -21,6 +21,10 @@ budget issue 15 sets), refusing as many on-topic unanswerable questions as that 
 allows (:func:`choose_threshold`). ``--refuse-by margin`` spends the budget on the reader's own
 no-answer margin instead: the threshold stays at the wrong-document floor and
 ``refusal_margin`` is raised (:func:`choose_margin`; see :mod:`qa.calibration`).
+``--refuse-by probe`` (a reader folder holding a refusal probe, :mod:`qa.probe`) chooses two
+thresholds together: the confidence one at or above the wrong-document floor and a probe
+threshold, the pair refusing the most on-topic unanswerable questions within the budget
+(:func:`choose_probe`).
 All of it is written into the model folder's ``spanqa_reader.json``, with the figures, so
 the folder stays self-describing. The figures there are in-sample (fitted and measured on the
 same rows); ``cross_fitted`` gives them with every article judged by a calibration and
@@ -44,7 +48,8 @@ import numpy as np
 from qa.calibration import Calibration, expected_calibration_error, threshold_outcome
 from qa.decoding import decode_windows
 from qa.metrics import score
-from qa.reader import ExtractiveReader, ReaderConfig
+from qa.probe import RefusalProbe
+from qa.reader import ExtractiveReader, ReaderConfig, resolve_model_path
 from qa.squad import SquadArticle, load_squad
 
 
@@ -289,6 +294,39 @@ def choose_margin(at, grid: list[float], max_f1_cost: float) -> float | None:
     return chosen
 
 
+PROBE_QUANTILES = np.linspace(0.0, 0.6, 121)  # probe thresholds tried: these quantiles of the rows'
+PROBE_THRESHOLD_STEPS = 40  # confidence thresholds tried with them: the floor and 39 above
+
+
+def choose_probe(at, grid: list[float], probes: list[float], wrong_doc_target: float,
+                 max_f1_cost: float) -> tuple[float, float | None]:
+    """``(threshold, probe_threshold)``: the pair refusing the most on-topic unanswerable
+    questions while at least ``wrong_doc_target`` of the wrong-document ones are refused and
+    answerable F1 costs at most ``max_f1_cost`` points (ties: the cheaper pair). The threshold
+    runs over :data:`PROBE_THRESHOLD_STEPS` steps of ``grid`` from the wrong-document floor,
+    the probe threshold over :data:`PROBE_QUANTILES` of ``probes`` (the rows' chosen spans'
+    probe logits). ``at(t, u)`` gives the figures of :func:`main` (``u`` None: no probe rule).
+    ``(floor, None)`` when no probe threshold fits the budget."""
+    def wrong_rate(figs):
+        return figs.get("wrong_document", {"abstain_rate": 1.0})["abstain_rate"]
+
+    floor_i = next((i for i, t in enumerate(grid) if wrong_rate(at(t, None)) >= wrong_doc_target),
+                   len(grid) - 1)
+    base_f1 = at(0.0, None)["answerable"]["f1"]
+    cuts = sorted(set(float(u) for u in np.quantile(probes, PROBE_QUANTILES))) if probes else []
+    best = (-1.0, 0.0, grid[floor_i], None)  # (unanswerable refused, -cost, t, u)
+    for t in grid[floor_i:floor_i + PROBE_THRESHOLD_STEPS]:
+        for u in cuts:
+            figs = at(t, u)
+            cost = base_f1 - figs["answerable"]["f1"]
+            if cost > max_f1_cost or wrong_rate(figs) < wrong_doc_target:
+                continue
+            key = (figs.get("unanswerable", {"abstain_rate": 0.0})["abstain_rate"], -cost)
+            if key > best[:2]:
+                best = (*key, t, u)
+    return best[2], best[3]
+
+
 def read_cases(cases: list[CalibrationCase], reader) -> list[dict]:
     """What the reader finds for each case: its top spans with raw logits, the passage's
     relevance, and EM/F1 against the golds."""
@@ -305,7 +343,8 @@ def read_cases(cases: list[CalibrationCase], reader) -> list[dict]:
                 em, f1 = score(s.text, case.golds) if case.golds else (0.0, 0.0)
                 spans.append({"logit": s.logit, "null": s.null_logit,
                               "relevance": case.relevance[s.passage], "place": s.passage + 1,
-                              "em": em, "f1": f1})
+                              "em": em, "f1": f1,
+                              **({} if s.probe is None else {"probe": s.probe})})
             rows.append({"kind": case.kind, "title": case.title, "spans": spans})
     return rows
 
@@ -341,10 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["wrong_document", "unanswerable"],
                     help="kinds of case the on-topic model learns to score low (add "
                          "unanswerable: it learns 'the passages do not say' too)")
-    ap.add_argument("--refuse-by", choices=["confidence", "margin"], default="confidence",
-                    help="what the F1 budget is spent on: a higher confidence threshold, or "
+    ap.add_argument("--refuse-by", choices=["confidence", "margin", "probe"], default="confidence",
+                    help="what the F1 budget is spent on: a higher confidence threshold, "
                          "(margin) a refusal margin on the reader's own no-answer score, the "
-                         "threshold left at the wrong-document floor (see qa.calibration)")
+                         "threshold left at the wrong-document floor, or (probe) a threshold on "
+                         "the reader folder's refusal probe chosen with the confidence one "
+                         "(see qa.calibration)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--save-rows", help="write what the reader found per case (jsonl), to refit "
                                         "later with --from-rows without reading again")
@@ -356,16 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
 KINDS = ("answerable", "unanswerable", "wrong_document")
 
 
-def figures_at(by_kind: dict[str, list[dict]], t: float, margin: float | None = None) -> dict:
+def figures_at(by_kind: dict[str, list[dict]], t: float, margin: float | None = None,
+               probe: float | None = None) -> dict:
     """Per kind of case, abstention (and for answerable ones EM and F1) at threshold ``t``
-    and, given one, refusal margin ``margin``, from each row's chosen span (``conf``,
-    ``margin``, ``em``, ``f1``; see :func:`score_rows`)."""
+    and, given them, refusal margin ``margin`` and probe threshold ``probe``, from each row's
+    chosen span (``conf``, ``margin``, ``probe``, ``em``, ``f1``; see :func:`score_rows`)."""
     kinds = {}
     for k, rs in by_kind.items():
         if not rs:
             continue
-        # a row the margin refuses is scored as if below any threshold
-        conf = [-1.0 if margin is not None and r["margin"] < margin else r["conf"] for r in rs]
+        # a row the margin or the probe refuses is scored as if below any threshold
+        conf = [-1.0 if (margin is not None and r["margin"] < margin)
+                or (probe is not None and r.get("probe") is not None and r["probe"] < probe)
+                else r["conf"] for r in rs]
         f1, abstain = threshold_outcome(conf, [r["f1"] for r in rs], [0.0] * len(rs), t)
         kinds[k] = {"n": len(rs), "abstain_rate": abstain}
         if k == "answerable":
@@ -411,7 +455,8 @@ def score_rows(rows: list[dict], cal: Calibration) -> None:
         best = max(r["spans"], key=lambda s: s["conf"], default=None)
         r.update(conf=best["conf"] if best else 0.0, em=best["em"] if best else 0.0,
                  f1=best["f1"] if best else 0.0,
-                 margin=best["logit"] - best["null"] if best else -1e9)
+                 margin=best["logit"] - best["null"] if best else -1e9,
+                 probe=best.get("probe") if best else None)
 
 
 THRESHOLD_GRID = [round(x, 3) for x in np.arange(0.0, 1.0, 0.005)]
@@ -424,9 +469,18 @@ def rows_by_kind(rows: list[dict]) -> dict[str, list[dict]]:
 
 def set_threshold(rows: list[dict], cal: Calibration, args) -> dict[str, list[dict]]:
     """Score ``rows`` with ``cal``, choose its threshold (and with ``--refuse-by margin`` its
-    refusal margin) on them, set on ``cal``; the rows by kind."""
+    refusal margin, with ``--refuse-by probe`` its probe threshold) on them, set on ``cal``;
+    the rows by kind."""
     score_rows(rows, cal)
     kinds = rows_by_kind(rows)
+    cal.probe_threshold = None
+    if args.refuse_by == "probe":
+        cal.refusal_margin = None
+        cal.threshold, cal.probe_threshold = choose_probe(
+            lambda t, u: figures_at(kinds, t, None, u), THRESHOLD_GRID,
+            [r["probe"] for r in rows if r.get("probe") is not None and r["kind"] != "wrong_document"],
+            args.wrong_doc_target, args.max_f1_cost)
+        return kinds
     by_margin = args.refuse_by == "margin"
     cal.threshold = choose_threshold(lambda t: figures_at(kinds, t), THRESHOLD_GRID,
                                      args.wrong_doc_target, 0.0 if by_margin else args.max_f1_cost)
@@ -444,13 +498,18 @@ def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
     held-out figures: ECE, abstention per kind, F1 cost, the curve."""
     kinds = set_threshold(rows, cal, args)
     ans = kinds["answerable"]
-    never, final = figures_at(kinds, 0.0), figures_at(kinds, cal.threshold, cal.refusal_margin)
+    never = figures_at(kinds, 0.0)
+    final = figures_at(kinds, cal.threshold, cal.refusal_margin, cal.probe_threshold)
 
     def point(key, x, figs):
         return {key: x, **{k: v["abstain_rate"] for k, v in figs.items()},
                 "answerable_f1": figs["answerable"]["f1"]}
 
-    if cal.refusal_margin is None:
+    if cal.probe_threshold is not None:  # the threshold stays; the curve moves the probe's
+        probes = sorted(r["probe"] for r in rows if r.get("probe") is not None)
+        curve = [point("probe_threshold", u, figures_at(kinds, cal.threshold, None, u))
+                 for u in sorted(set(float(q) for q in np.quantile(probes, PROBE_QUANTILES[::4])))]
+    elif cal.refusal_margin is None:
         curve = [point("threshold", t, figures_at(kinds, t)) for t in THRESHOLD_GRID[::4]]
     else:  # the threshold stays; the curve moves the margin
         curve = [point("refusal_margin", m, figures_at(kinds, cal.threshold, m))
@@ -485,7 +544,8 @@ def cross_fitted_figures(rows: list[dict], fit, args) -> dict | None:
         test = [r for r in rows if r["title"] == title]
         score_rows(test, cal)
         kinds = rows_by_kind(test)
-        at, never = figures_at(kinds, cal.threshold, cal.refusal_margin), figures_at(kinds, 0.0)
+        at = figures_at(kinds, cal.threshold, cal.refusal_margin, cal.probe_threshold)
+        never = figures_at(kinds, 0.0)
         if "answerable" in at:
             at["answerable"]["f1_never_abstain"] = never["answerable"]["f1"]
             conf += [r["conf"] for r in kinds["answerable"]]
@@ -538,7 +598,14 @@ def main(argv: list[str] | None = None) -> int:
         args.data = args.data or h["source"]
     if args.from_rows and args.length_penalties:
         ap.error("--length-penalties needs the reader to read again; drop --from-rows")
+    if args.refuse_by == "probe" and not args.from_rows and \
+            RefusalProbe.load(resolve_model_path(args.reader)) is None:
+        ap.error(f"--refuse-by probe: {args.reader} holds no refusal probe "
+                 "(refusal_probe.safetensors and spanqa_probe.json; python -m qa.training.probe)")
     rows, chosen_lp, lp_table = read_rows(args, ap)
+    if args.refuse_by == "probe" and not any("probe" in s for r in rows for s in r["spans"]):
+        ap.error("--refuse-by probe needs rows read by a reader folder holding a refusal probe "
+                 "(refusal_probe.safetensors and spanqa_probe.json; python -m qa.training.probe)")
     if args.save_rows:
         Path(args.save_rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
     embedder = args.embedder or DEFAULT_EMBEDDER

@@ -17,9 +17,9 @@ L2-penalised logistic regression there; all of it is linear, so it is folded int
     python -m qa.training.probe --reader qa/models/reader --out runs/probe
 
 Writes ``refusal_probe.safetensors`` (``state_weight``, ``scalar_weight``, ``bias``) and
-``spanqa_probe.json`` (layers, fit settings, what it was trained on, in-sample AUC). Offline
-only: nothing on the answering path reads these files yet (the build is described in the
-reader card).
+``spanqa_probe.json`` (layers, fit settings, what it was trained on, in-sample AUC). Copied
+into a reader's model folder, the reader scores every span with it (:mod:`qa.probe`), and
+``spanqa calibrate-reader --refuse-by probe`` chooses the probe threshold that refuses.
 """
 from __future__ import annotations
 
@@ -34,11 +34,10 @@ import numpy as np
 
 from qa.decoding import min_null_logit, window_spans
 from qa.errors import SpanQAError
+from qa.probe import PROBE_CONFIG, PROBE_FILE, encoder_layers, first_token_states, layer_outputs
 from qa.squad import load_squad, shared_data
 from qa.training.retriever import CALIBRATION_TITLES
 
-PROBE_FILE = "refusal_probe.safetensors"
-PROBE_CONFIG = "spanqa_probe.json"
 # 1-based layers whose <s> state the probe reads, by encoder depth (measured: the reader card)
 DEFAULT_LAYERS = {12: (6, 9, 12), 6: (2, 4, 6)}
 
@@ -63,38 +62,20 @@ def default_layers(n_layers: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, n_layers // 2), max(1, (3 * n_layers) // 4), n_layers}))
 
 
-def encoder_layers(model):
-    """The transformer layers of one of spanqa's native reader modules (MPNet or BERT)."""
-    body = getattr(model, "mpnet", None) or getattr(model, "bert", None)
-    if body is None:
-        raise SpanQAError("The refusal probe needs one of spanqa's native reader modules.")
-    return body.encoder.layer
-
-
 @contextmanager
 def cls_states(model, layers: tuple[int, ...]):
     """While open, every forward pass appends its windows' ``<s>`` states of ``layers``
     (1-based), side by side, to the yielded list (one array per forward pass)."""
-    blocks = encoder_layers(model)
-    if len(set(layers)) != len(layers) or not all(1 <= n <= len(blocks) for n in layers):
-        raise SpanQAError(f"Layers {layers}: each once, within the reader's 1..{len(blocks)}.")
-    got: dict[int, np.ndarray] = {}
     out: list[np.ndarray] = []
-
-    def hook(n):
-        def grab(_module, _inputs, output):
-            got[n] = output[:, 0].float().cpu().numpy()
-            if len(got) == len(layers):
-                out.append(np.concatenate([got[m] for m in layers], axis=1))
-                got.clear()
-        return grab
-
-    handles = [blocks[n - 1].register_forward_hook(hook(n)) for n in layers]
-    try:
-        yield out
-    finally:
-        for h in handles:
-            h.remove()
+    with layer_outputs(model, layers) as got:
+        # runs after layer_outputs' own hook on the same block (hooks run in order)
+        top = encoder_layers(model)[max(layers) - 1]
+        handle = top.register_forward_hook(
+            lambda *_: out.append(first_token_states(got, layers).float().cpu().numpy()))
+        try:
+            yield out
+        finally:
+            handle.remove()
 
 
 def read_states(reader, questions: list[str], passages: list[str], layers: tuple[int, ...]):
