@@ -3,7 +3,11 @@ under the two refusal rules a calibration can have (see :mod:`qa.calibration`):
 
 * ``confidence``: refuse below a confidence threshold;
 * ``margin``: the threshold at the wrong-document floor, and refuse when the answer's logit is
-  below its passage's no-answer logit by more than a margin.
+  below its passage's no-answer logit by more than a margin;
+* ``probe`` (rows read by a reader folder with a refusal probe, :mod:`qa.probe`): refuse below
+  a confidence threshold or below a probe threshold, both swept as ``calibrate-reader
+  --refuse-by probe`` sweeps them; the curve is the best pair at each cost (its upper
+  frontier).
 
 It reads the rows ``spanqa calibrate-reader --save-rows`` wrote (what the reader found for each
 held-out case), scores them with a reader folder's calibration, sweeps both rules, and prints
@@ -23,9 +27,20 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from qa.calibration import Calibration
 from qa.errors import OptionError, SpanQAError
-from qa.training.calibrate import MARGIN_GRID, THRESHOLD_GRID, choose_threshold, figures_at, rows_by_kind, score_rows
+from qa.training.calibrate import (
+    MARGIN_GRID,
+    PROBE_QUANTILES,
+    PROBE_THRESHOLD_STEPS,
+    THRESHOLD_GRID,
+    choose_threshold,
+    figures_at,
+    rows_by_kind,
+    score_rows,
+)
 
 BUDGETS = (1.0, 2.0, 3.0, 5.0)
 
@@ -45,7 +60,27 @@ def curves(rows: list[dict], cal: Calibration, wrong_doc_target: float) -> dict[
     # the margin rule's threshold: the wrong-document floor, as calibrate-reader chooses it
     floor = choose_threshold(lambda t: figures_at(kinds, t), THRESHOLD_GRID, wrong_doc_target, 0.0)
     by_margin = [point(figures_at(kinds, floor, m)) for m in MARGIN_GRID]
-    return {"confidence": by_conf, "margin": by_margin}
+    out = {"confidence": by_conf, "margin": by_margin}
+    probes = [r["probe"] for r in rows if r.get("probe") is not None and r["kind"] != "wrong_document"]
+    if probes:
+        start = THRESHOLD_GRID.index(floor)
+        cuts = sorted(set(float(u) for u in np.quantile(probes, PROBE_QUANTILES)))
+        pairs = [point(figures_at(kinds, t, None, u)) for u in cuts
+                 for t in THRESHOLD_GRID[start:start + PROBE_THRESHOLD_STEPS]]
+        out["probe"] = frontier(pairs, wrong_doc_target)
+    return out
+
+
+def frontier(points: list[tuple], wrong_doc_target: float) -> list[tuple]:
+    """The points (cost, unanswerables, wrong documents) meeting the wrong-document target that
+    refuse more unanswerables than every cheaper one: the best a rule with several knobs does
+    at each cost."""
+    out, best = [], -1.0
+    for p in sorted(p for p in points if p[2] >= 100 * wrong_doc_target):
+        if p[1] > best:
+            out.append(p)
+            best = p[1]
+    return out
 
 
 def refused_within(points: list[tuple], budget: float, wrong_doc_target: float) -> float:
@@ -83,7 +118,9 @@ def plot(results: dict[str, dict[str, list[tuple]]], out: Path, max_cost: float)
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for i, (label, by_rule) in enumerate(results.items()):
-        for rule, style in (("confidence", "-"), ("margin", "--")):  # one colour per reader
+        for rule, style in (("confidence", "-"), ("margin", "--"), ("probe", "-.")):
+            if rule not in by_rule:  # one colour per reader, one style per rule
+                continue
             pts = sorted((c, u) for c, u, _ in by_rule[rule] if 0 <= c <= max_cost)
             ax.plot([c for c, _ in pts], [u for _, u in pts], style, color=f"C{i}",
                     label=f"{label}, by {rule}")

@@ -227,3 +227,36 @@ def test_refusing_by_probe_needs_rows_with_probe_scores(tiny_reader_dir, tmp_pat
     with pytest.raises(SystemExit):  # and a folder without a probe stops before reading
         calibrate_main(["--reader", str(reader), "--data", str(saved), "--refuse-by", "probe"])
     assert (reader / READER_CONFIG_FILE).exists() == before
+
+
+def test_refusal_curve_draws_the_probe_rule_from_rows_that_carry_it(tmp_path, capsys):
+    from eval.refusal_curve import frontier
+    from eval.refusal_curve import main as refusal_curve
+    from qa.training.calibrate import fit_calibration
+
+    rng = np.random.default_rng(9)
+    rows = []
+    for kind, probe_mean, rel in (("answerable", 3, 0.6), ("unanswerable", -1, 0.6),
+                                  ("wrong_document", 2, 0.2)):
+        for _ in range(300):
+            logit = rng.normal(6, 1)
+            right = kind == "answerable" and rng.random() < 0.7
+            rows.append({"kind": kind, "title": "t", "spans": [{
+                "logit": logit, "null": logit - 3, "relevance": rng.normal(rel, 0.1), "place": 1,
+                "em": float(right), "f1": float(right), "probe": rng.normal(probe_mean, 1.0)}]})
+    saved = tmp_path / "rows.jsonl"
+    saved.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = tmp_path / "reader"
+    folder.mkdir()
+    (folder / READER_CONFIG_FILE).write_text(json.dumps(
+        {"calibration": fit_calibration(rows, True, "e").to_dict()}))
+    png = tmp_path / "curve.png"
+    assert refusal_curve([f"{saved}:{folder}:tiny", "--out", str(png)]) == 0
+    by = {line.split()[2]: [float(x) for x in line.split()[3:] if x != "/"]
+          for line in capsys.readouterr().out.splitlines() if line.startswith("  tiny")}
+    assert by["probe"][1] > by["confidence"][1] + 30  # within 2 F1
+    assert all(a <= b for a, b in zip(by["probe"], by["probe"][1:]))
+    assert png.stat().st_size > 0
+    # the frontier: only points meeting the wrong-document goal, each better than all cheaper
+    pts = [(1.0, 20.0, 99.0), (0.5, 30.0, 99.0), (2.0, 25.0, 99.0), (3.0, 50.0, 90.0), (4.0, 40.0, 98.0)]
+    assert frontier(pts, 0.97) == [(0.5, 30.0, 99.0), (4.0, 40.0, 98.0)]
