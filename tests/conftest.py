@@ -76,3 +76,27 @@ def make_pdf(pages: list[str]) -> bytes:
         out += f"{off:010d} 00000 n \n".encode()
     out += f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
     return bytes(out)
+
+
+def calibrate_each_rule(folder: Path, rows: list[dict], rules: tuple[str, ...], tmp_path: Path) -> dict:
+    """``calibrate-reader --from-rows`` on saved ``rows``, once per ``--refuse-by`` rule, each on
+    its own copy of ``folder`` (``tmp_path / rule``), at wrong documents ≥ 97%; every run must
+    keep the 2-F1 budget and the wrong-document goal. The reports, by rule."""
+    import json
+    import shutil
+
+    from qa.training.calibrate import main as calibrate_main
+
+    saved = tmp_path / "rows.jsonl"
+    saved.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reports = {}
+    for rule in rules:
+        shutil.copytree(folder, tmp_path / rule)
+        report = tmp_path / f"{rule}.json"
+        assert calibrate_main(["--reader", str(tmp_path / rule), "--from-rows", str(saved),
+                               "--refuse-by", rule, "--report", str(report),
+                               "--wrong-doc-target", "0.97"]) == 0
+        reports[rule] = json.loads(report.read_text())
+        assert reports[rule]["refuse_by"] == rule and reports[rule]["f1_cost"] <= 2.0
+        assert reports[rule]["at_threshold"]["wrong_document"]["abstain_rate"] >= 0.97
+    return reports

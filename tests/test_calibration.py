@@ -16,6 +16,7 @@ from qa.calibration import Calibration, expected_calibration_error
 from qa.reader import READER_CONFIG_FILE, ExtractiveReader
 from qa.training.calibrate import choose_threshold, fit_platt, length_penalty_scores
 from qa.training.calibrate import main as calibrate_main
+from tests.conftest import calibrate_each_rule
 
 
 def test_fit_platt_recovers_three_weights_and_calibrates():
@@ -421,19 +422,8 @@ def test_calibrate_reader_can_spend_the_budget_on_the_margin(tiny_reader_dir, tm
 
     rows = [row(k, t, rng.normal(m, 1.5), rng.normal(r, 0.1)) for t in ("A", "B") for _ in range(300)
             for k, m, r in (("answerable", 4, 0.6), ("unanswerable", 0, 0.6), ("wrong_document", 3, 0.2))]
-    saved = tmp_path / "rows.jsonl"
-    saved.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    reports = {}
-    for rule in ("confidence", "margin"):
-        reader = tmp_path / rule
-        shutil.copytree(tiny_reader_dir, reader)
-        report = tmp_path / f"{rule}.json"
-        assert calibrate_main(["--reader", str(reader), "--from-rows", str(saved), "--refuse-by", rule,
-                               "--report", str(report), "--wrong-doc-target", "0.97"]) == 0
-        reports[rule] = json.loads(report.read_text())
-        assert reports[rule]["refuse_by"] == rule and reports[rule]["f1_cost"] <= 2.0
-        assert reports[rule]["at_threshold"]["wrong_document"]["abstain_rate"] >= 0.97
-        assert reports[rule]["cross_fitted"]["articles"] == 2
+    reports = calibrate_each_rule(tiny_reader_dir, rows, ("confidence", "margin"), tmp_path)
+    assert all(r["cross_fitted"]["articles"] == 2 for r in reports.values())
     conf, marg = reports["confidence"], reports["margin"]
     assert conf["calibration"]["refusal_margin"] is None
     m = marg["calibration"]["refusal_margin"]

@@ -16,6 +16,7 @@ from qa.reader import READER_CONFIG_FILE, ExtractiveReader, ReaderConfig
 from qa.scoring import RawSpan, score_spans
 from qa.training.calibrate import choose_probe
 from qa.training.calibrate import main as calibrate_main
+from tests.conftest import calibrate_each_rule
 
 QUESTION = "When was the tower built?"
 PASSAGES = ["The Eiffel Tower is in Paris. It was built in 1889 by Gustave Eiffel's company for "
@@ -191,18 +192,7 @@ def test_calibrate_reader_can_spend_the_budget_on_the_probe(probed, tmp_path):
     rows = [row(k, t, p, rng.normal(r, 0.1)) for t in ("A", "B") for _ in range(300)
             for k, p, r in (("answerable", 3, 0.6), ("unanswerable", -1, 0.6),
                             ("wrong_document", 2, 0.2))]
-    saved = tmp_path / "rows.jsonl"
-    saved.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    reports = {}
-    for rule in ("confidence", "probe"):
-        reader = tmp_path / rule
-        shutil.copytree(probed, reader)
-        report = tmp_path / f"{rule}.json"
-        assert calibrate_main(["--reader", str(reader), "--from-rows", str(saved), "--refuse-by",
-                               rule, "--report", str(report), "--wrong-doc-target", "0.97"]) == 0
-        reports[rule] = json.loads(report.read_text())
-        assert reports[rule]["f1_cost"] <= 2.0
-        assert reports[rule]["at_threshold"]["wrong_document"]["abstain_rate"] >= 0.97
+    reports = calibrate_each_rule(probed, rows, ("confidence", "probe"), tmp_path)
     conf, prob = reports["confidence"], reports["probe"]
     assert conf["calibration"]["probe_threshold"] is None
     u = prob["calibration"]["probe_threshold"]
