@@ -193,15 +193,18 @@ def main() -> None:
     ap.add_argument("--cold-runs", type=int, default=3)
     add_runtime_option(ap)
     args = ap.parse_args()
+    if args.cold_runs < 0 or args.n < 1 or args.passages < 1:
+        ap.error("--cold-runs must be 0 or more (0: none), --n and --passages at least 1")
     reader_env(args.runtime, args.read_all)  # this process and the cold-start ones
     from index.onnx_runtime import session_threads
 
     colds = [cold_start(args.reader) for _ in range(args.cold_runs)]
-    c = min(colds, key=lambda r: r["total_s"])
-    print(f"cold start (best of {len(colds)}): {c['total_s']:.2f} s in all "
-          f"(import {c['import_s']:.2f} s, load models + index {c['load_s']:.2f} s, "
-          f"first answer {c['first_answer_s']:.2f} s); all runs: "
-          + ", ".join(f"{r['total_s']:.2f}" for r in colds))
+    if colds:
+        c = min(colds, key=lambda r: r["total_s"])
+        print(f"cold start (best of {len(colds)}): {c['total_s']:.2f} s in all "
+              f"(import {c['import_s']:.2f} s, load models + index {c['load_s']:.2f} s, "
+              f"first answer {c['first_answer_s']:.2f} s); all runs: "
+              + ", ".join(f"{r['total_s']:.2f}" for r in colds))
     t = warm(args.reader, args.n, args.passages)
     p50 = float(np.percentile(t, 50))
     mean = float(np.mean(t))

@@ -189,3 +189,14 @@ def test_compare_gives_the_f1_difference_with_a_paired_interval(tmp_path, capsys
     assert c["f1_diff"]["as run"]["mean"] == 25.0 and c["f1_diff"]["as run"]["n"] == 4
     assert main(["eval", "--compare", str(ra), str(rb)]) == 0
     assert "+25.00" in capsys.readouterr().out
+
+
+def test_bench_ask_refuses_bad_counts_with_one_line_and_loads_nothing():
+    import subprocess
+    import sys
+
+    for bad in (["--n", "0"], ["--cold-runs", "-1"], ["--passages", "0"]):
+        done = subprocess.run([sys.executable, "-m", "eval.bench_ask", *bad],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "--cold-runs must be 0 or more" in done.stderr
