@@ -27,17 +27,15 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from qa.calibration import Calibration
 from qa.errors import OptionError, SpanQAError
 from qa.training.calibrate import (
     MARGIN_GRID,
-    PROBE_QUANTILES,
-    PROBE_THRESHOLD_STEPS,
     THRESHOLD_GRID,
     choose_threshold,
     figures_at,
+    on_topic_probes,
+    probe_pairs,
     rows_by_kind,
     score_rows,
 )
@@ -61,13 +59,11 @@ def curves(rows: list[dict], cal: Calibration, wrong_doc_target: float) -> dict[
     floor = choose_threshold(lambda t: figures_at(kinds, t), THRESHOLD_GRID, wrong_doc_target, 0.0)
     by_margin = [point(figures_at(kinds, floor, m)) for m in MARGIN_GRID]
     out = {"confidence": by_conf, "margin": by_margin}
-    probes = [r["probe"] for r in rows if r.get("probe") is not None and r["kind"] != "wrong_document"]
-    if probes:
-        start = THRESHOLD_GRID.index(floor)
-        cuts = sorted(set(float(u) for u in np.quantile(probes, PROBE_QUANTILES)))
-        pairs = [point(figures_at(kinds, t, None, u)) for u in cuts
-                 for t in THRESHOLD_GRID[start:start + PROBE_THRESHOLD_STEPS]]
-        out["probe"] = frontier(pairs, wrong_doc_target)
+    probes = on_topic_probes(rows)
+    if probes:  # the pairs calibrate-reader --refuse-by probe tries, reduced to their frontier
+        out["probe"] = frontier([point(figures_at(kinds, t, None, u))
+                                 for t, u in probe_pairs(THRESHOLD_GRID, floor, probes)],
+                                wrong_doc_target)
     return out
 
 

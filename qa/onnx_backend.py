@@ -99,12 +99,10 @@ def export(model, input_names: list[str], dest: Path, int8: bool,
             self.m = m
 
         def forward(self, *xs):
-            if not layers:
-                out = self.m(**dict(zip(input_names, xs)))
-                return out.start_logits, out.end_logits
             with layer_outputs(self.m, layers) as got:
                 out = self.m(**dict(zip(input_names, xs)))
-                return out.start_logits, out.end_logits, first_token_states(got, layers)
+                states = first_token_states(got, layers)
+            return (out.start_logits, out.end_logits, *(() if states is None else (states,)))
 
     names = [*OUTPUTS, STATES_OUTPUT] if layers else list(OUTPUTS)
 

@@ -50,9 +50,12 @@ def encoder_layers(model):
 def layer_outputs(model, layers: tuple[int, ...]):
     """While open, the yielded dict maps each of ``layers`` (1-based) to its output tensor
     (batch × tokens × hidden) of the latest forward pass. Tensors, not arrays, so a traced
-    export sees them."""
+    export sees them. No layers (a reader without a probe): no hooks, an empty dict."""
+    if not layers:
+        yield {}
+        return
     blocks = encoder_layers(model)
-    if not layers or len(set(layers)) != len(layers) or not all(1 <= n <= len(blocks) for n in layers):
+    if len(set(layers)) != len(layers) or not all(1 <= n <= len(blocks) for n in layers):
         raise SpanQAError(f"Layers {layers}: each once, within the reader's 1..{len(blocks)}.")
     got: dict = {}
 
@@ -71,10 +74,10 @@ def layer_outputs(model, layers: tuple[int, ...]):
 
 def first_token_states(got: dict, layers: tuple[int, ...]):
     """The ``<s>`` states of ``layers`` side by side (batch × layers·hidden), from
-    :func:`layer_outputs`' dict."""
+    :func:`layer_outputs`' dict; None without layers."""
     import torch
 
-    return torch.cat([got[n][:, 0] for n in layers], dim=-1)
+    return torch.cat([got[n][:, 0] for n in layers], dim=-1) if layers else None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import threading
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -231,7 +230,7 @@ class ExtractiveReader:
     def _load_probe(self, path: str) -> RefusalProbe | None:
         """The folder's refusal probe; a calibration that refuses by a probe the folder lacks
         is ``ModelNotFoundError`` (answering without it would refuse less than it says)."""
-        probe = RefusalProbe.load(path) if Path(path).is_dir() else None
+        probe = RefusalProbe.load(path)  # None for a hub id or a folder without one
         needs = [c for c in (self.config.calibration, *self.config.other_calibrations.values())
                  if c.probe_threshold is not None]
         if needs and probe is None:
@@ -333,11 +332,11 @@ class ExtractiveReader:
         import torch
 
         layers = self.probe.layers if self.probe else ()
-        hooks = layer_outputs(self.model, layers) if layers else nullcontext({})
-        with torch.inference_mode(), hooks as got:
+        with torch.inference_mode(), layer_outputs(self.model, layers) as got:
             out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in batch.items()})
-            states = first_token_states(got, layers).float().cpu().numpy() if layers else None
-        return out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy(), states
+            states = first_token_states(got, layers)
+        return (out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy(),
+                None if states is None else states.float().cpu().numpy())
 
     def _logits(self, windows, progress: bool = False):
         """Start and end logits of every window, and each window's probe term

@@ -258,16 +258,22 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
     return cal
 
 
+def wrong_doc_floor(at, grid: list[float], wrong_doc_target: float) -> float:
+    """The lowest threshold on ``grid`` at which ``wrong_doc_target`` of the wrong-document
+    cases are refused (the last one when none is); ``at(t)`` as in :func:`choose_threshold`."""
+    def wrong_ok(t):
+        return at(t).get("wrong_document", {"abstain_rate": 1.0})["abstain_rate"] >= wrong_doc_target
+
+    return next((t for t in grid if wrong_ok(t)), grid[-1])
+
+
 def choose_threshold(at, grid: list[float], wrong_doc_target: float, max_f1_cost: float) -> float:
     """The abstention threshold: the lowest one on ``grid`` at which ``wrong_doc_target`` of
     the wrong-document cases are refused, then raised as far as answerable F1 stays within
     ``max_f1_cost`` points of never abstaining (each step refuses more on-topic questions the
     passages cannot answer). ``at(t)`` gives the figures of :func:`main` at threshold ``t``.
     Without the cost budget (0) this is the wrong-document rule alone."""
-    def wrong_ok(t):
-        return at(t).get("wrong_document", {"abstain_rate": 1.0})["abstain_rate"] >= wrong_doc_target
-
-    floor = next((t for t in grid if wrong_ok(t)), grid[-1])
+    floor = wrong_doc_floor(at, grid, wrong_doc_target)
     base_f1 = at(0.0)["answerable"]["f1"]
     chosen = floor
     for t in grid:
@@ -298,32 +304,46 @@ PROBE_QUANTILES = np.linspace(0.0, 0.6, 121)  # probe thresholds tried: these qu
 PROBE_THRESHOLD_STEPS = 40  # confidence thresholds tried with them: the floor and 39 above
 
 
+def probe_cuts(probes: list[float], quantiles=PROBE_QUANTILES) -> list[float]:
+    """The probe thresholds tried: ``quantiles`` of ``probes``, each once, ascending."""
+    return sorted(set(float(u) for u in np.quantile(probes, quantiles))) if probes else []
+
+
+def on_topic_probes(rows: list[dict]) -> list[float]:
+    """The chosen spans' probe logits of the scored rows that are not wrong-document cases."""
+    return [r["probe"] for r in rows if r.get("probe") is not None and r["kind"] != "wrong_document"]
+
+
+def probe_pairs(grid: list[float], floor: float, probes: list[float]) -> list[tuple[float, float]]:
+    """Every ``(threshold, probe threshold)`` pair :func:`choose_probe` tries: thresholds from
+    the wrong-document ``floor`` up :data:`PROBE_THRESHOLD_STEPS` steps of ``grid``, probe
+    thresholds from :func:`probe_cuts`."""
+    start = grid.index(floor)
+    return [(t, u) for t in grid[start:start + PROBE_THRESHOLD_STEPS] for u in probe_cuts(probes)]
+
+
 def choose_probe(at, grid: list[float], probes: list[float], wrong_doc_target: float,
                  max_f1_cost: float) -> tuple[float, float | None]:
-    """``(threshold, probe_threshold)``: the pair refusing the most on-topic unanswerable
-    questions while at least ``wrong_doc_target`` of the wrong-document ones are refused and
-    answerable F1 costs at most ``max_f1_cost`` points (ties: the cheaper pair). The threshold
-    runs over :data:`PROBE_THRESHOLD_STEPS` steps of ``grid`` from the wrong-document floor,
-    the probe threshold over :data:`PROBE_QUANTILES` of ``probes`` (the rows' chosen spans'
-    probe logits). ``at(t, u)`` gives the figures of :func:`main` (``u`` None: no probe rule).
-    ``(floor, None)`` when no probe threshold fits the budget."""
+    """``(threshold, probe_threshold)``: the pair of :func:`probe_pairs` refusing the most
+    on-topic unanswerable questions while at least ``wrong_doc_target`` of the wrong-document
+    ones are refused and answerable F1 costs at most ``max_f1_cost`` points (ties: the cheaper
+    pair). ``probes``: the rows' chosen spans' probe logits. ``at(t, u)`` gives the figures of
+    :func:`main` (``u`` None: no probe rule). ``(floor, None)`` when no probe threshold fits
+    the budget."""
     def wrong_rate(figs):
         return figs.get("wrong_document", {"abstain_rate": 1.0})["abstain_rate"]
 
-    floor_i = next((i for i, t in enumerate(grid) if wrong_rate(at(t, None)) >= wrong_doc_target),
-                   len(grid) - 1)
+    floor = wrong_doc_floor(lambda t: at(t, None), grid, wrong_doc_target)
     base_f1 = at(0.0, None)["answerable"]["f1"]
-    cuts = sorted(set(float(u) for u in np.quantile(probes, PROBE_QUANTILES))) if probes else []
-    best = (-1.0, 0.0, grid[floor_i], None)  # (unanswerable refused, -cost, t, u)
-    for t in grid[floor_i:floor_i + PROBE_THRESHOLD_STEPS]:
-        for u in cuts:
-            figs = at(t, u)
-            cost = base_f1 - figs["answerable"]["f1"]
-            if cost > max_f1_cost or wrong_rate(figs) < wrong_doc_target:
-                continue
-            key = (figs.get("unanswerable", {"abstain_rate": 0.0})["abstain_rate"], -cost)
-            if key > best[:2]:
-                best = (*key, t, u)
+    best = (-1.0, 0.0, floor, None)  # (unanswerable refused, -cost, t, u)
+    for t, u in probe_pairs(grid, floor, probes):
+        figs = at(t, u)
+        cost = base_f1 - figs["answerable"]["f1"]
+        if cost > max_f1_cost or wrong_rate(figs) < wrong_doc_target:
+            continue
+        key = (figs.get("unanswerable", {"abstain_rate": 0.0})["abstain_rate"], -cost)
+        if key > best[:2]:
+            best = (*key, t, u)
     return best[2], best[3]
 
 
@@ -478,8 +498,7 @@ def set_threshold(rows: list[dict], cal: Calibration, args) -> dict[str, list[di
         cal.refusal_margin = None
         cal.threshold, cal.probe_threshold = choose_probe(
             lambda t, u: figures_at(kinds, t, None, u), THRESHOLD_GRID,
-            [r["probe"] for r in rows if r.get("probe") is not None and r["kind"] != "wrong_document"],
-            args.wrong_doc_target, args.max_f1_cost)
+            on_topic_probes(rows), args.wrong_doc_target, args.max_f1_cost)
         return kinds
     by_margin = args.refuse_by == "margin"
     cal.threshold = choose_threshold(lambda t: figures_at(kinds, t), THRESHOLD_GRID,
@@ -506,9 +525,9 @@ def evaluate_calibration(rows: list[dict], cal: Calibration, args) -> dict:
                 "answerable_f1": figs["answerable"]["f1"]}
 
     if cal.probe_threshold is not None:  # the threshold stays; the curve moves the probe's
-        probes = sorted(r["probe"] for r in rows if r.get("probe") is not None)
+        probes = [r["probe"] for r in rows if r.get("probe") is not None]
         curve = [point("probe_threshold", u, figures_at(kinds, cal.threshold, None, u))
-                 for u in sorted(set(float(q) for q in np.quantile(probes, PROBE_QUANTILES[::4])))]
+                 for u in probe_cuts(probes, PROBE_QUANTILES[::4])]
     elif cal.refusal_margin is None:
         curve = [point("threshold", t, figures_at(kinds, t)) for t in THRESHOLD_GRID[::4]]
     else:  # the threshold stays; the curve moves the margin
@@ -598,14 +617,15 @@ def main(argv: list[str] | None = None) -> int:
         args.data = args.data or h["source"]
     if args.from_rows and args.length_penalties:
         ap.error("--length-penalties needs the reader to read again; drop --from-rows")
+    no_probe = ("holds no refusal probe (refusal_probe.safetensors and spanqa_probe.json; "
+                "python -m qa.training.probe)")
     if args.refuse_by == "probe" and not args.from_rows and \
             RefusalProbe.load(resolve_model_path(args.reader)) is None:
-        ap.error(f"--refuse-by probe: {args.reader} holds no refusal probe "
-                 "(refusal_probe.safetensors and spanqa_probe.json; python -m qa.training.probe)")
+        ap.error(f"--refuse-by probe: {args.reader} {no_probe}")
     rows, chosen_lp, lp_table = read_rows(args, ap)
     if args.refuse_by == "probe" and not any("probe" in s for r in rows for s in r["spans"]):
-        ap.error("--refuse-by probe needs rows read by a reader folder holding a refusal probe "
-                 "(refusal_probe.safetensors and spanqa_probe.json; python -m qa.training.probe)")
+        ap.error(f"--refuse-by probe needs rows read by a reader folder with a probe; the one "
+                 f"that read these {no_probe}")
     if args.save_rows:
         Path(args.save_rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
     embedder = args.embedder or DEFAULT_EMBEDDER
