@@ -258,13 +258,15 @@ def fit_calibration(rows: list[dict], use_relevance: bool = True,
     return cal
 
 
+def wrong_doc_rate(figs: dict) -> float:
+    """The share of wrong-document cases refused in :func:`main`'s figures (1 without any)."""
+    return figs.get("wrong_document", {"abstain_rate": 1.0})["abstain_rate"]
+
+
 def wrong_doc_floor(at, grid: list[float], wrong_doc_target: float) -> float:
     """The lowest threshold on ``grid`` at which ``wrong_doc_target`` of the wrong-document
     cases are refused (the last one when none is); ``at(t)`` as in :func:`choose_threshold`."""
-    def wrong_ok(t):
-        return at(t).get("wrong_document", {"abstain_rate": 1.0})["abstain_rate"] >= wrong_doc_target
-
-    return next((t for t in grid if wrong_ok(t)), grid[-1])
+    return next((t for t in grid if wrong_doc_rate(at(t)) >= wrong_doc_target), grid[-1])
 
 
 def choose_threshold(at, grid: list[float], wrong_doc_target: float, max_f1_cost: float) -> float:
@@ -330,16 +332,13 @@ def choose_probe(at, grid: list[float], probes: list[float], wrong_doc_target: f
     pair). ``probes``: the rows' chosen spans' probe logits. ``at(t, u)`` gives the figures of
     :func:`main` (``u`` None: no probe rule). ``(floor, None)`` when no probe threshold fits
     the budget."""
-    def wrong_rate(figs):
-        return figs.get("wrong_document", {"abstain_rate": 1.0})["abstain_rate"]
-
     floor = wrong_doc_floor(lambda t: at(t, None), grid, wrong_doc_target)
     base_f1 = at(0.0, None)["answerable"]["f1"]
     best = (-1.0, 0.0, floor, None)  # (unanswerable refused, -cost, t, u)
     for t, u in probe_pairs(grid, floor, probes):
         figs = at(t, u)
         cost = base_f1 - figs["answerable"]["f1"]
-        if cost > max_f1_cost or wrong_rate(figs) < wrong_doc_target:
+        if cost > max_f1_cost or wrong_doc_rate(figs) < wrong_doc_target:
             continue
         key = (figs.get("unanswerable", {"abstain_rate": 0.0})["abstain_rate"], -cost)
         if key > best[:2]:
