@@ -38,6 +38,7 @@ from qa.training.calibrate import (
     probe_pairs,
     rows_by_kind,
     score_rows,
+    wrong_doc_floor,
 )
 
 BUDGETS = (1.0, 2.0, 3.0, 5.0)
@@ -61,8 +62,9 @@ def curves(rows: list[dict], cal: Calibration, wrong_doc_target: float) -> dict[
     out = {"confidence": by_conf, "margin": by_margin}
     probes = on_topic_probes(rows)
     if probes:  # the pairs calibrate-reader --refuse-by probe tries, reduced to their frontier
+        start = wrong_doc_floor(lambda t: figures_at(kinds, t), THRESHOLD_GRID, wrong_doc_target)
         out["probe"] = frontier([point(figures_at(kinds, t, None, u))
-                                 for t, u in probe_pairs(THRESHOLD_GRID, floor, probes)],
+                                 for t, u in probe_pairs(THRESHOLD_GRID, start, probes)],
                                 wrong_doc_target)
     return out
 

@@ -274,7 +274,8 @@ def choose_threshold(at, grid: list[float], wrong_doc_target: float, max_f1_cost
     the wrong-document cases are refused, then raised as far as answerable F1 stays within
     ``max_f1_cost`` points of never abstaining (each step refuses more on-topic questions the
     passages cannot answer). ``at(t)`` gives the figures of :func:`main` at threshold ``t``.
-    Without the cost budget (0) this is the wrong-document rule alone."""
+    Without a cost budget (0) it is that floor raised only through thresholds that cost no
+    answerable F1 at all (:func:`wrong_doc_floor` is the floor itself)."""
     floor = wrong_doc_floor(at, grid, wrong_doc_target)
     base_f1 = at(0.0)["answerable"]["f1"]
     chosen = floor
